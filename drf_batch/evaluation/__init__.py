@@ -1,0 +1,1 @@
+"""Robustness evaluation: baselines, the disruption grid, quality-flag calibration and reports."""
