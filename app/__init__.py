@@ -1,0 +1,1 @@
+"""Streamlit dashboard for exploring a drf-batch scores database (entry point: `app/dashboard.py`)."""
