@@ -1,7 +1,134 @@
-"""Placeholder: replaced by the real command."""
+"""`drf-batch score`: score a posts Parquet file with an exported bundle into a DuckDB file."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+if TYPE_CHECKING:
+    from drf_batch.scoring.runner import RunSummary
 
-def score() -> None:
-    raise typer.Exit(1)
+logger = logging.getLogger(__name__)
+
+
+class ProviderChoice(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def format_summary(summary: RunSummary) -> str:
+    """Render the end-of-run summary printed by `drf-batch score`."""
+    lines = [
+        f"run {summary.run_id} {summary.status}: {summary.input_path} -> {summary.db_path}",
+        f"  rows in:        {summary.rows_in}",
+        f"  scored:         {summary.rows_scored}",
+        f"  rejected:       {summary.rows_rejected} ({_format_counts(summary.rejected_by_reason)})",
+        f"  already stored: {summary.rows_skipped} (skipped)",
+        f"  graphs:         {_format_counts(summary.graphs)}",
+        f"  image states:   {_format_counts(summary.image_states)}",
+        f"  text states:    {_format_counts(summary.text_states)}",
+        f"  providers:      requested {', '.join(summary.providers_requested) or 'default'}; "
+        f"used {', '.join(summary.providers_used) or 'unknown'}",
+        f"  time:           {summary.seconds:.1f} s, {summary.posts_per_second:.1f} posts/s",
+    ]
+    return "\n".join(lines)
+
+
+def score(
+    posts: Path = typer.Argument(..., help="Parquet file of posts (post_id, text, image_path or image_bytes)."),
+    bundle: Path = typer.Option(Path("export/default"), "--bundle", help="Exported model bundle folder."),
+    db: Path = typer.Option(Path("scores.duckdb"), "--db", help="DuckDB file to write runs, scores and rejects to."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Folder that relative image_path values resolve against; defaults to the input file's folder."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Rows per record batch and per database transaction."),
+    inference_batch_size: int = typer.Option(32, "--inference-batch-size", min=1, help="Posts per onnxruntime call."),
+    decode_threads: int = typer.Option(2, "--decode-threads", min=1, help="Threads that decode and resize images."),
+    allow_urls: bool = typer.Option(False, "--allow-urls", help="Fetch http(s):// image paths; without it they are marked unreadable."),
+    providers: ProviderChoice = typer.Option(ProviderChoice.auto, "--providers", help="Execution providers: cpu, cuda, or auto (CUDA when onnxruntime offers it, else the CPU)."),
+    max_image_pixels: int | None = typer.Option(None, "--max-image-pixels", min=1, help="Images whose declared width x height exceeds this are unreadable (default 40 million)."),
+    max_image_bytes: int | None = typer.Option(None, "--max-image-bytes", min=1, help="Image files larger than this many bytes are unreadable (default 32 MiB)."),
+    lock_timeout: float | None = typer.Option(
+        None, "--lock-timeout", help="Seconds to wait for another process's lock on the DuckDB file; by default it waits without limit."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    pause_after_batch: float = typer.Option(0.0, "--pause-after-batch", hidden=True, help="Seconds to sleep after each committed batch (for tests)."),
+) -> None:
+    """Score a posts Parquet file into DuckDB, routing each post to the graph that fits its modalities."""
+    from tqdm import tqdm
+
+    from drf_batch.bundle import BundleError, load_bundle
+    from drf_batch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageLimits
+    from drf_batch.scoring.inputs import InputFileError, open_posts_file
+    from drf_batch.scoring.runner import RunOptions, score_file
+    from drf_batch.storage import DatabaseBusyError, LabelMismatchError, LockPolicy, ScoreStore
+
+    try:
+        open_posts_file(posts)
+    except InputFileError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+
+    try:
+        # load_bundle logs one line on the providers in use, and a warning when CUDA was
+        # requested explicitly but the sessions fell back to the CPU.
+        loaded = load_bundle(bundle, providers=providers.value)
+    except (BundleError, FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: could not load bundle {bundle}: {error}", err=True)
+        raise typer.Exit(2) from error
+
+    options = RunOptions(
+        batch_size=batch_size,
+        image_root=image_root,
+        image_limits=ImageLimits(
+            max_pixels=max_image_pixels or DEFAULT_MAX_PIXELS,
+            max_bytes=max_image_bytes or DEFAULT_MAX_BYTES,
+            allow_urls=allow_urls,
+        ),
+        inference_batch_size=inference_batch_size,
+        decode_threads=decode_threads,
+        pause_after_batch_s=pause_after_batch,
+    )
+    store = ScoreStore(db, lock_policy=LockPolicy(timeout_s=lock_timeout))
+    bar: tqdm | None = None
+
+    def on_start(total: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=total, unit="posts", disable=not progress, dynamic_ncols=True)
+
+    def on_batch(processed: int, skipped: int) -> None:
+        if bar is None:
+            return
+        if skipped:
+            bar.total = max((bar.total or 0) - skipped, 0)
+            bar.refresh()
+        bar.update(processed)
+
+    try:
+        summary = score_file(
+            posts,
+            loaded,
+            store,
+            options=options,
+            providers_requested=list(loaded.providers_requested),
+            progress=on_batch,
+            on_start=on_start,
+        )
+    except (InputFileError, LabelMismatchError, DatabaseBusyError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    finally:
+        if bar is not None:
+            bar.close()
+    typer.echo(format_summary(summary))
