@@ -1,7 +1,7 @@
 """The robustness grid: which models are trained under which disruption setting.
 
-The protocol follows "Distribution-based Feature Recovery and Fusion for Robust Multimodal
-Sentiment Analysis" (Wu et al., ACM MM 2023). Three kinds of disruption: corrupt (C), discard (D)
+The protocol follows the paper that introduced DRF ("Distribution-based feature Recovery and
+Fusion" for robust multimodal sentiment analysis of image-text pairs). Three kinds of disruption: corrupt (C), discard (D)
 and half of each (C+D). Two strategies:
 
 - modality-fixed: train on undisrupted posts, then disrupt one named modality of every test post;

@@ -1,8 +1,8 @@
 """Results tables, Markdown reports and plots of an evaluation run.
 
 The results frame has one row per model × test setting × seed, with the columns of
-``RESULT_COLUMNS``. Tables follow the shape of the robustness tables of the DRF paper (Wu et al.,
-ACM MM 2023): methods as rows, ``ACC/wF1`` cells as mean ± sample standard deviation over seeds,
+``RESULT_COLUMNS``. Tables follow the shape of the robustness tables of the paper that introduced
+DRF: methods as rows, ``ACC/wF1`` cells as mean ± sample standard deviation over seeds,
 in percent.
 """
 

@@ -1,0 +1,213 @@
+"""Run the robustness grid: train every model under every training setting and seed, test it.
+
+Models are built by name: ``drf`` is the DRF head, an ablation is the DRF head with one switch of
+``DRFConfig`` flipped, and the rest are the baselines. All of them are trained by the same loop
+on the same frozen features, with the same hyperparameters and seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from drf_batch.disruption import DisruptionPlan, plan_disruptions
+from drf_batch.evaluation.bank import FeatureBank, SplitArrays
+from drf_batch.evaluation.baselines import BaselineConfig, BlankFeatures, build_baseline
+from drf_batch.evaluation.grid import ABLATIONS, GridSpec, Setting
+from drf_batch.evaluation.quality import FlagQuality, measure_flag
+from drf_batch.metrics import classification_metrics
+from drf_batch.model import DRFConfig, DRFHead
+
+logger = logging.getLogger(__name__)
+
+PREDICT_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class GridTraining:
+    """Hyperparameters of every head the grid trains."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    d: int = 256
+    hidden: int = 256
+
+
+@dataclass
+class GridResults:
+    """Result rows, confusion matrices and quality-flag measurements of a grid run."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+    # Confusion matrices on clean test data, summed over seeds, per model.
+    confusions: dict[str, np.ndarray] = field(default_factory=dict)
+    # Quality-flag measurements of the clean-trained DRF head, one per seed and modality.
+    flags: list[dict[str, object]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_model(name: str, *, image_dim: int, text_dim: int, num_classes: int, blanks: BlankFeatures,
+                training: GridTraining) -> nn.Module:
+    """Build the head named ``name``: ``drf``, a DRF ablation such as ``drf-no-expansion``, or a baseline."""
+    if name == "drf" or name.startswith("drf-"):
+        switches: dict[str, bool] = {}
+        if name.startswith("drf-no-"):
+            switch = name.removeprefix("drf-no-")
+            switches[switch] = False
+        elif name == "drf-normalize_weights":
+            switches["normalize_weights"] = True
+        elif name != "drf":
+            raise ValueError(f"unknown DRF variant {name!r}")
+        for switch in switches:
+            if switch not in ABLATIONS:
+                raise ValueError(f"unknown DRF ablation {switch!r} in model name {name!r}")
+        config = DRFConfig(image_dim=image_dim, text_dim=text_dim, d=training.d, hidden=training.hidden,
+                           num_classes=num_classes, **switches)
+        return DRFHead(config)
+    config = BaselineConfig(kind=name, image_dim=image_dim, text_dim=text_dim, d=training.d,
+                            hidden=training.hidden, num_classes=num_classes)
+    return build_baseline(config, blanks)
+
+
+def plan_for(setting: Setting, post_ids: tuple[str, ...], seed: int) -> DisruptionPlan | None:
+    """Return the disruption plan of ``setting`` over ``post_ids`` (None when clean)."""
+    if setting.strategy == "clean":
+        return None
+    if setting.strategy == "fixed":
+        return plan_disruptions(post_ids, setting=setting.kind, mode="fixed", modality=setting.modality,
+                                dr=1.0, seed=seed)
+    return plan_disruptions(post_ids, setting=setting.kind, mode="random", dr=setting.dr, seed=seed)
+
+
+@torch.inference_mode()
+def predict(head: nn.Module, arrays: SplitArrays) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Return predicted class indices and the log densities (NaN for baselines) of a split."""
+    head.eval()
+    predictions, log_p_v, log_p_t = [], [], []
+    for start in range(0, len(arrays), PREDICT_BATCH):
+        stop = start + PREDICT_BATCH
+        output = head(
+            torch.from_numpy(arrays.feat_v[start:stop]),
+            torch.from_numpy(arrays.feat_t[start:stop]),
+            torch.from_numpy(arrays.lam_v[start:stop]),
+            torch.from_numpy(arrays.lam_t[start:stop]),
+        )
+        predictions.append(output.logits.argmax(dim=-1).numpy())
+        log_p_v.append(output.log_p_v.numpy())
+        log_p_t.append(output.log_p_t.numpy())
+    return np.concatenate(predictions), {"image": np.concatenate(log_p_v), "text": np.concatenate(log_p_t)}
+
+
+TrainFunction = Callable[..., dict[str, object]]
+
+
+def run_grid(
+    spec: GridSpec,
+    banks: dict[str, FeatureBank],
+    *,
+    blanks: BlankFeatures,
+    num_classes: int,
+    training: GridTraining,
+    train_function: TrainFunction,
+    progress: bool = True,
+) -> GridResults:
+    """Train and test every (training setting, model, seed) job of ``spec``.
+
+    ``banks`` contains the ``train``, ``val`` and ``test`` splits. ``train_function(head, train, val,
+    seed=..., training=...)`` trains a head in place and returns a record with at least
+    ``best_epoch``. Test plans use the grid seed too, over the test post ids.
+    """
+    started = time.perf_counter()
+    results = GridResults()
+    image_dim = banks["train"].clean_image.shape[1]
+    text_dim = banks["train"].clean_text.shape[1]
+    bar = tqdm(total=spec.count_jobs(), desc="evaluate", unit="model", disable=not progress)
+
+    for training_setting in spec.training_settings():
+        tests = spec.tests_for(training_setting)
+        for seed in spec.seeds:
+            train_arrays = banks["train"].assemble(plan_for(training_setting, banks["train"].post_ids, seed))
+            val_arrays = banks["val"].assemble(plan_for(training_setting, banks["val"].post_ids, seed))
+            test_arrays = {test.name: banks["test"].assemble(plan_for(test, banks["test"].post_ids, seed))
+                           for test in tests}
+            for model_name in spec.models_for(training_setting):
+                bar.set_postfix_str(f"{training_setting.name} {model_name} seed={seed}")
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+                head = build_model(model_name, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
+                                   blanks=blanks, training=training)
+                job_started = time.perf_counter()
+                record = train_function(head, train_arrays, val_arrays, seed=seed, training=training)
+                train_seconds = time.perf_counter() - job_started
+
+                for test in tests:
+                    arrays = test_arrays[test.name]
+                    predictions, _ = predict(head, arrays)
+                    metrics = classification_metrics(arrays.labels, predictions, num_classes=num_classes)
+                    results.rows.append({
+                        "model": model_name,
+                        "setting": test.name,
+                        "strategy": test.strategy,
+                        "kind": test.kind,
+                        "modality": test.modality,
+                        "dr": test.dr,
+                        "seed": seed,
+                        "accuracy": metrics.accuracy,
+                        "weighted_f1": metrics.weighted_f1,
+                        "macro_f1": metrics.macro_f1,
+                        "n_test": len(arrays),
+                        "best_epoch": record.get("best_epoch"),
+                        "train_seconds": train_seconds,
+                    })
+                    if test.strategy == "clean":
+                        matrix = np.asarray(metrics.confusion, dtype=np.int64)
+                        results.confusions[model_name] = results.confusions.get(model_name, 0) + matrix
+
+                if model_name == "drf" and training_setting.strategy == "clean":
+                    results.flags.extend(
+                        dict(flag.to_dict(), seed=seed) for flag in measure_quality_flags(head, banks, seed=seed)
+                    )
+                bar.update(1)
+    bar.close()
+    results.seconds = time.perf_counter() - started
+    return results
+
+
+def measure_quality_flags(head: nn.Module, banks: dict[str, FeatureBank], *, seed: int) -> list[FlagQuality]:
+    """Measure how well log p_v and log p_t separate clean from corrupted val and test posts.
+
+    Every post of a split appears twice: clean, and with that modality corrupted (the other one
+    intact). The threshold is calibrated on val and applied to test.
+    """
+    flags = []
+    for modality in ("image", "text"):
+        values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for split in ("val", "test"):
+            bank = banks[split]
+            _, clean = predict(head, bank.assemble(None))
+            corrupt_setting = Setting("fixed", kind="C", modality=modality)
+            _, corrupted = predict(head, bank.assemble(plan_for(corrupt_setting, bank.post_ids, seed)))
+            present = bank.image_present if modality == "image" else bank.text_present
+            values[split] = (clean[modality][present], corrupted[modality][present])
+        flags.append(measure_flag(
+            modality,
+            val_clean=values["val"][0],
+            val_corrupted=values["val"][1],
+            test_clean=values["test"][0],
+            test_corrupted=values["test"][1],
+        ))
+    return flags
+
+
+def training_record(training: GridTraining) -> dict[str, object]:
+    """Return the grid hyperparameters as a JSON-serialisable mapping."""
+    return dataclasses.asdict(training)
