@@ -74,9 +74,9 @@ def _thumbnail_from_file(path: Path, modified_ns: int, size: int) -> Thumbnail:
 
 
 def thumbnail_from_path(image_path: str, root: Path | None) -> Thumbnail:
-    """Load the thumbnail of `image_path` relative to `root`, refusing paths outside it."""
+    """Load the thumbnail of `image_path` relative to `root`, rejecting paths outside it."""
     if root is None:
-        return Thumbnail(None, "start the dashboard with --image-root to show images stored as paths")
+        return Thumbnail(None, "image root unknown: start the dashboard with --image-root DIR")
     resolved = resolve_under_root(image_path, root)
     if resolved is None:
         return Thumbnail(None, f"image path {image_path!r} is outside the image root {root}")

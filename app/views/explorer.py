@@ -155,6 +155,14 @@ def _resolve_input_path(input_path: str, db_path: Path) -> Path | None:
     return None
 
 
+def _image_root(context: DashboardContext, input_path: str) -> Path | None:
+    """Return --image-root, or else the input file's folder, which `drf-batch score` also defaults to."""
+    if context.image_root is not None:
+        return context.image_root
+    resolved = _resolve_input_path(input_path, context.db_path)
+    return resolved.parent if resolved is not None else None
+
+
 def _image_bytes_for_page(context: DashboardContext, page: pd.DataFrame) -> dict[tuple[str, int], bytes]:
     """Read the embedded image bytes of a page's posts that have an image but no image_path."""
     wanted = page[page["image_path"].isna() & page["image_state"].isin(["ok", "low_quality", "unreadable"])]
@@ -173,7 +181,7 @@ def _thumbnail(context: DashboardContext, post: pd.Series, embedded: dict[tuple[
     if post["image_state"] == "missing":
         return thumbnails.Thumbnail(None, "no image")
     if isinstance(post["image_path"], str) and post["image_path"]:
-        return thumbnails.thumbnail_from_path(post["image_path"], context.image_root)
+        return thumbnails.thumbnail_from_path(post["image_path"], _image_root(context, str(post["input_path"])))
     key = (str(post["input_path"]), int(post["row_number"]))
     if key in embedded:
         return thumbnails.thumbnail_from_bytes(embedded[key])

@@ -15,6 +15,7 @@ from app.views import explorer
 from app.views.common import DashboardContext, format_count, format_number
 
 HISTOGRAM_BINS = 60
+STATE_COLORS = alt.Scale(domain=list(queries.STATES), range=["#4c9a2a", "#f28e2b", "#9d9d9d", "#d62728"])
 # Half-width of the "near the threshold" band, as a fraction of the 5th-95th percentile spread.
 NEAR_THRESHOLD_FRACTION = 0.05
 
@@ -40,8 +41,8 @@ def _histogram_chart(histogram: pd.DataFrame, threshold: float | None, title: st
         .encode(
             x=alt.X("bin_start:Q", bin="binned", title="log p"),
             x2="bin_end:Q",
-            y=alt.Y("sum(posts):Q", title="posts"),
-            color=alt.Color("state:N", sort=list(queries.STATES)),
+            y=alt.Y("posts:Q", stack=True, title="posts"),
+            color=alt.Color("state:N", scale=STATE_COLORS),
             tooltip=[alt.Tooltip("bin_start:Q", format=".1f"), alt.Tooltip("bin_end:Q", format=".1f"),
                      "state", alt.Tooltip("posts:Q", format=",")],
         )
