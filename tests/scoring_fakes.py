@@ -31,6 +31,7 @@ class FakeSession:
     def __init__(self, graph: str) -> None:
         self.graph = graph
         self.calls: list[dict[str, tuple[int, ...]]] = []
+        self.pixels: list[np.ndarray] = []
 
     def get_providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
@@ -38,6 +39,8 @@ class FakeSession:
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.calls.append({name: value.shape for name, value in feeds.items()})
         has_image = "pixel_values" in feeds
+        if has_image:
+            self.pixels.extend(np.array(feeds["pixel_values"]))
         has_text = "input_ids" in feeds
         batch = len(next(iter(feeds.values())))
 
