@@ -30,3 +30,19 @@ def mvsa_dir() -> Path:
             "set DRF_BATCH_MVSA_DIR to the folder that holds labels.csv, images/ and texts/"
         )
     return location
+
+
+@pytest.fixture(scope="session")
+def image_encoder():
+    """The default image encoder (EfficientNet-Lite0), built once per test session."""
+    from drf_batch.encoders import DEFAULT_IMAGE_ENCODER, build_image_encoder
+
+    return build_image_encoder(DEFAULT_IMAGE_ENCODER)
+
+
+@pytest.fixture(scope="session")
+def text_encoder():
+    """The default text encoder (all-MiniLM-L6-v2), built once per test session."""
+    from drf_batch.encoders import DEFAULT_TEXT_ENCODER, build_text_encoder
+
+    return build_text_encoder(DEFAULT_TEXT_ENCODER)
