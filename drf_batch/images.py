@@ -331,14 +331,14 @@ def _integer_to_l(image: Image.Image) -> Image.Image:
         # 16-bit samples: 65535 maps to 255, so the ratio is exactly 257.
         values = np.clip(values, 0, 65535) / 257.0
     scaled = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
+    return Image.fromarray(scaled)
 
 
 def _float_to_l(image: Image.Image) -> Image.Image:
     values = np.nan_to_num(np.asarray(image, dtype=np.float64))
     if values.max(initial=0) <= 1.0:
         values = values * 255.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 def preprocess_image(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:

@@ -78,11 +78,18 @@ def _interpolation_name(value: str) -> str:
     return "bicubic"
 
 
-def preprocessing_from_timm(model: torch.nn.Module) -> ImagePreprocessing:
-    """Derive the preprocessing (input size, crop ratio, mean/std) from a timm model's config."""
+def preprocessing_from_timm(model: torch.nn.Module, *, img_size: Any = None) -> ImagePreprocessing:
+    """Derive the preprocessing (input size, crop ratio, mean/std) from a timm model's config.
+
+    `img_size` is the size the model was created with, when it differs from its default config.
+    """
     from timm.data import resolve_data_config
 
-    config = resolve_data_config({}, model=model)
+    overrides: dict[str, Any] = {}
+    if img_size is not None:
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        overrides["input_size"] = (3, int(height), int(width))
+    config = resolve_data_config(overrides, model=model)
     _, height, width = config["input_size"]
     if height != width:
         raise ValueError(
@@ -152,7 +159,8 @@ def build_timm_encoder(
             model_name,
         )
     model.reset_classifier(0)
-    encoder = TimmImageEncoder(model, name=name or f"timm:{model_name}", preprocessing=preprocessing_from_timm(model))
+    preprocessing = preprocessing_from_timm(model, img_size=(options or {}).get("img_size"))
+    encoder = TimmImageEncoder(model, name=name or f"timm:{model_name}", preprocessing=preprocessing)
     return encoder.eval()
 
 
