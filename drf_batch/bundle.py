@@ -135,9 +135,11 @@ class Bundle:
         return tuple(self.manifest["labels"])
 
     @property
-    def thresholds(self) -> dict[str, float]:
-        """Low-quality log-p thresholds per modality, as embedded in the graphs."""
-        return {key: float(value) for key, value in self.manifest["thresholds"].items()}
+    def thresholds(self) -> dict[str, float | None]:
+        """Low-quality log-p thresholds per modality, as embedded in the graphs; None flags nothing."""
+        return {
+            key: None if value is None else float(value) for key, value in self.manifest["thresholds"].items()
+        }
 
     @property
     def max_length(self) -> int:

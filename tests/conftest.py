@@ -46,3 +46,41 @@ def text_encoder():
     from drf_batch.encoders import DEFAULT_TEXT_ENCODER, build_text_encoder
 
     return build_text_encoder(DEFAULT_TEXT_ENCODER)
+
+
+def _random_head_checkpoint(directory: Path) -> Path:
+    """Write a checkpoint of an untrained DRF head for the default encoders (parity needs no training)."""
+    import torch
+
+    from drf_batch.checkpoint import save_checkpoint
+    from drf_batch.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, build_image_encoder
+    from drf_batch.model import DRFConfig, DRFHead
+
+    torch.manual_seed(0)
+    head = DRFHead(DRFConfig(image_dim=1280, text_dim=384)).eval()
+    with torch.no_grad():
+        head.sigma_v.fill_(16.0)
+        head.sigma_t.fill_(16.0)
+    head.set_low_quality_thresholds(-40.0, -40.0)
+    preprocessing = build_image_encoder(DEFAULT_IMAGE_ENCODER).preprocessing.to_dict()
+    save_checkpoint(
+        directory,
+        head,
+        labels=("negative", "neutral", "positive"),
+        image_encoder={"name": DEFAULT_IMAGE_ENCODER, "dim": 1280, "preprocessing": preprocessing},
+        text_encoder={"name": DEFAULT_TEXT_ENCODER, "dim": 384, "max_length": 128},
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory) -> Path:
+    """A real FP32 bundle exported once per test session, from the packaged default model or,
+    while none is packaged, from an untrained head on the default encoders."""
+    from drf_batch.checkpoint import default_checkpoint_available
+    from drf_batch.export import ExportOptions, export_bundle
+
+    root = tmp_path_factory.mktemp("bundle")
+    checkpoint = None if default_checkpoint_available() else _random_head_checkpoint(root / "checkpoint")
+    result = export_bundle(ExportOptions(out=root / "default", checkpoint=checkpoint))
+    return result.bundle

@@ -291,11 +291,13 @@ def load_parity_posts(source: Path, *, image_root: Path | None = None, limit: in
     Posts whose image cannot be read keep their text (and the reason is logged once); posts with
     neither modality are skipped.
     """
+    from drf_batch.data import default_image_root
     from drf_batch.images import ImageLoadError, load_image, resolve_image_path
+    from drf_batch.texts import normalize_text
 
     source = Path(source)
     rows = list(_read_post_rows(source, limit=limit))
-    root = image_root or (source if source.is_dir() else source.parent)
+    root = image_root or default_image_root(source)
 
     posts: list[ParityPost] = []
     unreadable: list[str] = []
@@ -308,7 +310,7 @@ def load_parity_posts(source: Path, *, image_root: Path | None = None, limit: in
                 image = load_image(resolve_image_path(str(image_path), root))
         except ImageLoadError as error:
             unreadable.append(f"{post_id}: {error}")
-        text = text if text and text.strip() else None
+        text = normalize_text(text)
         if image is None and text is None:
             continue
         posts.append(ParityPost(post_id=str(post_id), image=image, text=text))
