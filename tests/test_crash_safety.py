@@ -224,7 +224,7 @@ def test_cli_sigkill_then_rerun(tmp_path: Path, request: pytest.FixtureRequest) 
         "score",
         str(posts),
         "--bundle",
-        str(default_bundle.path),  # type: ignore[attr-defined]
+        str(default_bundle),
         "--db",
         str(db_path),
         "--image-root",

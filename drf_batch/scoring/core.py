@@ -46,6 +46,7 @@ PAIRED = "paired"
 IMAGE_ONLY = "image_only"
 TEXT_ONLY = "text_only"
 GRAPH_OUTPUTS = ["probs", "quality", "branch_weights", "low_quality"]
+DECODE_WINDOWS_AHEAD = 2
 
 OK = "ok"
 LOW_QUALITY = "low_quality"
@@ -337,15 +338,20 @@ def score_record_batch(
         max_workers=max(1, context.decode_threads), thread_name_prefix="drf-decode"
     )
     try:
-        futures: dict[int, Future[_ImageResult]] = {
-            row: executor.submit(
-                _load_pixels,
-                image_sources[row],
-                context=context,
-                preprocessing=bundle.preprocessing,
-            )
-            for row in image_rows
-        }
+        chunk_size = max(1, context.inference_batch_size)
+        windows = [image_rows[start : start + chunk_size] for start in range(0, len(image_rows), chunk_size)]
+        futures: dict[int, Future[_ImageResult]] = {}
+
+        def submit(window: list[int]) -> None:
+            for row in window:
+                futures[row] = executor.submit(
+                    _load_pixels, image_sources[row], context=context, preprocessing=bundle.preprocessing
+                )
+
+        # Decoding runs at most DECODE_WINDOWS_AHEAD windows ahead of inference, which bounds the
+        # preprocessed pixels held in memory to a few windows instead of the whole batch.
+        for window in windows[:DECODE_WINDOWS_AHEAD]:
+            submit(window)
 
         if text_rows:
             token_ids, token_mask = bundle.tokenize([texts[row] for row in text_rows])
@@ -361,7 +367,6 @@ def score_record_batch(
 
         outputs = _GraphOutputs.allocate(rows, len(bundle.labels))
         runner = _GraphRunner(bundle, context, outputs, token_ids, token_mask, token_row)
-        chunk_size = max(1, context.inference_batch_size)
 
         has_image = set(image_rows)
         text_only_rows = [row for row in text_rows if row not in has_image]
@@ -372,8 +377,9 @@ def score_record_batch(
         # window overlaps with decoding of the next ones.
         image_results: dict[int, _ImageResult] = {}
         fallback_text_rows: list[int] = []
-        for start in range(0, len(image_rows), chunk_size):
-            window = image_rows[start : start + chunk_size]
+        for index, window in enumerate(windows):
+            if index + DECODE_WINDOWS_AHEAD < len(windows):
+                submit(windows[index + DECODE_WINDOWS_AHEAD])
             pixels: dict[int, np.ndarray] = {}
             for row in window:
                 result = futures.pop(row).result()
