@@ -34,6 +34,8 @@ LABELLED_POST_SCHEMA: dict[str, pl.DataType] = {
     "split": pl.String(),
 }
 
+POST_COLUMNS: tuple[str, ...] = ("post_id", "text", "image_path", "image_bytes")
+
 # Ids of an MVSA-style folder name files (images/<id>.jpg, texts/<id>.txt), so they must be plain names.
 _FOLDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
@@ -108,14 +110,47 @@ def _load_folder(folder: Path) -> pl.DataFrame:
             "images/<id>.jpg and texts/<id>.txt"
         )
     table = _read_labels_csv(labels_path)
+    ids = _checked_folder_ids(table, labels_path)
+
+    columns = _read_folder_posts(folder, ids)
+    columns["label"] = table["label"].to_list()
+    if "split" in table.columns:
+        columns["split"] = table["split"].to_list()
+    return pl.DataFrame(columns, schema_overrides={"image_bytes": pl.Binary()}, strict=False)
+
+
+def load_unlabelled_posts(folder: Path, *, ids_file: str = "unlabelled.csv") -> pl.DataFrame:
+    """Load the unlabelled posts of an MVSA-style folder, listed by id in `ids_file`.
+
+    Returns post_id, text, image_path (relative to `default_image_root(folder)`) and image_bytes.
+    """
+    folder = Path(folder)
+    ids_path = folder / ids_file
+    if not ids_path.is_file():
+        raise LabelledDataError(f"{ids_path} not found; expected a CSV with an id column")
+    table = pl.read_csv(ids_path, infer_schema=False)
+    if "id" not in table.columns:
+        raise LabelledDataError(f"{ids_path} has columns {table.columns}; expected an id column")
+    ids = _checked_folder_ids(table, ids_path)
+    if len(set(ids)) != len(ids):
+        raise LabelledDataError(f"{ids_path} lists some ids more than once; ids must be unique")
+    posts = pl.DataFrame(_read_folder_posts(folder, ids), schema_overrides={"image_bytes": pl.Binary()}, strict=False)
+    return posts.select([pl.col(name).cast(LABELLED_POST_SCHEMA[name]) for name in POST_COLUMNS])
+
+
+def _checked_folder_ids(table: pl.DataFrame, path: Path) -> list[str]:
     ids = [str(value).strip() if value is not None else "" for value in table["id"].to_list()]
     invalid = [value for value in ids if not _FOLDER_ID_PATTERN.match(value)]
     if invalid:
         raise LabelledDataError(
-            f"{labels_path}: {len(invalid)} ids are not plain file names (e.g. {invalid[:3]}); "
+            f"{path}: {len(invalid)} ids are not plain file names (e.g. {invalid[:3]}); "
             "ids must use letters, digits, '_', '-' and '.' only, because they name the image and text files"
         )
+    return ids
 
+
+def _read_folder_posts(folder: Path, ids: list[str]) -> dict[str, list]:
+    """Read texts and find images of an MVSA-style folder; a missing file is a missing modality."""
     image_dir = folder / "images"
     text_dir = folder / "texts"
     image_paths: list[str | None] = []
@@ -144,16 +179,12 @@ def _load_folder(folder: Path) -> pl.DataFrame:
             missing_texts,
         )
 
-    columns: dict[str, list] = {
+    return {
         "post_id": ids,
         "text": texts,
         "image_path": image_paths,
         "image_bytes": [None] * len(ids),
-        "label": table["label"].to_list(),
     }
-    if "split" in table.columns:
-        columns["split"] = table["split"].to_list()
-    return pl.DataFrame(columns, schema_overrides={"image_bytes": pl.Binary()}, strict=False)
 
 
 def _load_parquet(path: Path) -> pl.DataFrame:
