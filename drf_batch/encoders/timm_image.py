@@ -140,7 +140,7 @@ def build_timm_encoder(
     """Build any timm architecture as a pooled-feature encoder, never downloading weights.
 
     Without `weights` the model is randomly initialised (useful for tests and for fine-tuning from
-    scratch), and a warning says so. `options` go to `timm.create_model` (e.g. img_size=32).
+    scratch), and a warning is logged. `options` go to `timm.create_model` (e.g. img_size=32).
     """
     import timm
 
@@ -180,8 +180,8 @@ def load_efficientnet_lite0_state_dict(weights: Path | None = None) -> dict[str,
     """Load the packaged EfficientNet-Lite0 weights, renamed to timm's `tf_efficientnet_lite0` keys.
 
     The package stores 296 tensors under the names of the EfficientNet-PyTorch code base
-    (`_conv_stem`, `_blocks.N`, `_fc`), in the same order and with the same shapes as timm's
-    state dict, so the keys are mapped by position and every shape is checked.
+    (`_conv_stem`, `_blocks.N`, `_fc`). They come in the same order and with the same shapes as
+    timm's state dict, so the keys are mapped by position and every shape is checked.
     """
     import timm
 
@@ -197,7 +197,7 @@ def load_efficientnet_lite0_state_dict(weights: Path | None = None) -> dict[str,
 
     if len(packaged) != len(reference):
         raise ValueError(
-            f"weights file {source} holds {len(packaged)} tensors; EfficientNet-Lite0 has {len(reference)}"
+            f"weights file {source} contains {len(packaged)} tensors; expected {len(reference)} for EfficientNet-Lite0"
         )
     renamed: dict[str, torch.Tensor] = {}
     for (timm_key, timm_value), (packaged_key, packaged_value) in zip(reference.items(), packaged.items()):
