@@ -197,3 +197,25 @@ def test_cli_reports_input_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "column 'text' has type int64" in result.output
     assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_parquet_corrupt_row_group_rejected(tmp_path: Path) -> None:
+    table = pa.table({"post_id": [f"p{index}" for index in range(300)], "text": [f"text {index} " * 20 for index in range(300)]})
+    good = tmp_path / "good.parquet"
+    pq.write_table(table, good, row_group_size=100, compression="snappy")
+    column = pq.read_metadata(good).row_group(1).column(1)
+    damaged = bytearray(good.read_bytes())
+    start = column.data_page_offset + 40
+    damaged[start : start + 200] = b"\xff" * 200
+    posts = tmp_path / "posts.parquet"
+    posts.write_bytes(bytes(damaged))
+
+    store = _score_file(tmp_path, posts)
+    with open_reader(store.db_path) as connection:
+        scored = connection.execute("SELECT min(row_number), max(row_number), count(*) FROM scores").fetchone()
+        rejected = connection.execute(
+            "SELECT min(row_number), max(row_number), count(*), any_value(reason_code) FROM rejects"
+        ).fetchone()
+    # Rows of the first and last row group are scored; the unreadable middle one is rejected whole.
+    assert scored[2] == 200
+    assert rejected == (100, 199, 100, "corrupt_row_group")

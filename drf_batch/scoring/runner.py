@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ from drf_batch import __version__
 from drf_batch.images import ImageLimits
 from drf_batch.scoring.core import ROW_NUMBER_COLUMN, Bundle, ScoringContext, score_record_batch
 from drf_batch.scoring.inputs import open_posts_file
+from drf_batch.scoring.results import empty_scores, rejects_table
 from drf_batch.storage import ScoreStore
 
 logger = logging.getLogger(__name__)
 
 ENGINE = "local"
+CORRUPT_ROW_GROUP = "corrupt_row_group"
 
 
 @dataclass(frozen=True)
@@ -253,24 +255,86 @@ def _score_batches(
     options: RunOptions,
     progress: ProgressCallback | None,
 ) -> None:
-    offset = 0
-    for batch in parquet_file.iter_batches(batch_size=options.batch_size, use_threads=False):
-        count = batch.num_rows
-        pending = ~stored[offset : offset + count]
-        row_numbers = pa.array(np.arange(offset, offset + count, dtype=np.int64))
-        offset += count
-        pending_count = int(pending.sum())
-        if pending_count == 0:
-            if progress is not None:
-                progress(0, count)
-            continue
+    """Score the file one row group at a time; rows of an undecodable row group become rejects."""
+    row_group_start = 0
+    for row_group in range(parquet_file.num_row_groups):
+        row_group_rows = parquet_file.metadata.row_group(row_group).num_rows
+        batches = parquet_file.iter_batches(
+            batch_size=options.batch_size, row_groups=[row_group], use_threads=False
+        )
+        offset = row_group_start
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as error:
+                _reject_row_range(
+                    store,
+                    bundle,
+                    context=context,
+                    row_numbers=[row for row in range(offset, row_group_start + row_group_rows) if not stored[row]],
+                    reason=f"row group {row_group} of the input file could not be read: {error}",
+                )
+                if progress is not None:
+                    progress(row_group_start + row_group_rows - offset, 0)
+                break
+            _score_one_batch(batch, offset, bundle, store, context=context, stored=stored, progress=progress)
+            offset += batch.num_rows
+            if options.pause_after_batch_s > 0:
+                time.sleep(options.pause_after_batch_s)
+        row_group_start += row_group_rows
 
-        batch = batch.append_column(ROW_NUMBER_COLUMN, row_numbers)
-        if pending_count < count:
-            batch = batch.filter(pa.array(pending))
-        scores, rejects = score_record_batch(batch, bundle, context=context)
-        store.write_batch(scores, rejects, run_id=context.run_id)
+
+def _score_one_batch(
+    batch: pa.RecordBatch,
+    offset: int,
+    bundle: Bundle,
+    store: ScoreStore,
+    *,
+    context: ScoringContext,
+    stored: np.ndarray,
+    progress: ProgressCallback | None,
+) -> None:
+    count = batch.num_rows
+    pending = ~stored[offset : offset + count]
+    pending_count = int(pending.sum())
+    if pending_count == 0:
         if progress is not None:
-            progress(pending_count, count - pending_count)
-        if options.pause_after_batch_s > 0:
-            time.sleep(options.pause_after_batch_s)
+            progress(0, count)
+        return
+
+    row_numbers = pa.array(np.arange(offset, offset + count, dtype=np.int64))
+    batch = batch.append_column(ROW_NUMBER_COLUMN, row_numbers)
+    if pending_count < count:
+        batch = batch.filter(pa.array(pending))
+    scores, rejects = score_record_batch(batch, bundle, context=context)
+    store.write_batch(scores, rejects, run_id=context.run_id)
+    if progress is not None:
+        progress(pending_count, count - pending_count)
+
+
+def _reject_row_range(
+    store: ScoreStore,
+    bundle: Bundle,
+    *,
+    context: ScoringContext,
+    row_numbers: list[int],
+    reason: str,
+) -> None:
+    """Store rows that could not be read from the file as `corrupt_row_group` rejects."""
+    logger.error("%s: %s; its %d unread rows are stored as rejects", context.input_path, reason, len(row_numbers))
+    if not row_numbers:
+        return
+    rejects = rejects_table(
+        post_ids=[None] * len(row_numbers),
+        bundle_id=bundle.bundle_id,
+        run_id=context.run_id,
+        input_path=context.input_path,
+        row_numbers=row_numbers,
+        reason_codes=[CORRUPT_ROW_GROUP] * len(row_numbers),
+        reasons=[reason] * len(row_numbers),
+        extras=[None] * len(row_numbers),
+        rejected_at=datetime.now(timezone.utc).replace(tzinfo=None),
+    )
+    store.write_batch(empty_scores(), rejects, run_id=context.run_id)
