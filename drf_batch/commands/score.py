@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from drf_batch.scoring.runner import RunSummary
+    from collections.abc import Callable
+
+    from drf_batch.bundle import Bundle
+    from drf_batch.scoring.ray_engine import RayOptions
+    from drf_batch.scoring.runner import RunOptions, RunSummary
+    from drf_batch.storage import ScoreStore
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +24,11 @@ class ProviderChoice(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     auto = "auto"
+
+
+class EngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 def _format_counts(counts: dict[str, int]) -> str:
@@ -46,7 +56,7 @@ def format_summary(summary: RunSummary) -> str:
 
 
 def score(
-    posts: Path = typer.Argument(..., help="Parquet file of posts (post_id, text, image_path or image_bytes)."),
+    posts: Path = typer.Argument(..., help="Parquet file of posts (post_id, text, image_path or image_bytes); with --engine ray also a folder of them."),
     bundle: Path = typer.Option(Path("export/default"), "--bundle", help="Exported model bundle folder."),
     db: Path = typer.Option(Path("scores.duckdb"), "--db", help="DuckDB file to write runs, scores and rejects to."),
     image_root: Path | None = typer.Option(
@@ -62,6 +72,11 @@ def score(
     lock_timeout: float | None = typer.Option(
         None, "--lock-timeout", help="Seconds to wait for another process's lock on the DuckDB file; by default it waits without limit."
     ),
+    engine: EngineChoice = typer.Option(EngineChoice.local, "--engine", help="local: score in this process. ray: score on a Ray cluster (needs pip install 'drf-batch[ray]')."),
+    address: str | None = typer.Option(None, "--address", help="With --engine ray: 'auto' joins this machine's Ray cluster, 'ray://HOST:10001' connects to a remote one; by default a local Ray instance starts."),
+    num_actors: int = typer.Option(1, "--num-actors", min=1, help="With --engine ray: scoring actors, each holding its own onnxruntime sessions."),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="With --engine ray: GPUs reserved per actor; above 0 the actors use CUDA."),
+    cpus_per_actor: float | None = typer.Option(None, "--cpus-per-actor", min=0.01, help="With --engine ray: CPUs reserved per actor, also its onnxruntime thread count; default 1, or a share when the cluster has fewer CPUs."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     pause_after_batch: float = typer.Option(0.0, "--pause-after-batch", hidden=True, help="Seconds to sleep after each committed batch (for tests)."),
 ) -> None:
@@ -75,7 +90,10 @@ def score(
     from drf_batch.storage import DatabaseBusyError, LabelMismatchError, LockPolicy, ScoreStore
 
     try:
-        open_posts_file(posts)
+        if engine is EngineChoice.ray:
+            _check_ray_inputs(posts)
+        else:
+            open_posts_file(posts)
     except InputFileError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -83,7 +101,8 @@ def score(
     try:
         # load_bundle logs one line on the providers in use, and a warning when CUDA was
         # requested explicitly but the sessions fell back to the CPU.
-        loaded = load_bundle(bundle, providers=providers.value)
+        # With Ray the driver only reads the bundle's id and labels; the actors run the graphs.
+        loaded = load_bundle(bundle, providers="cpu" if engine is EngineChoice.ray else providers.value)
     except (BundleError, FileNotFoundError, ValueError) as error:
         typer.echo(f"error: could not load bundle {bundle}: {error}", err=True)
         raise typer.Exit(2) from error
@@ -115,6 +134,15 @@ def score(
             bar.refresh()
         bar.update(processed)
 
+    if engine is EngineChoice.ray:
+        ray_options = _ray_options(address, num_actors, gpus_per_actor, cpus_per_actor, providers)
+        try:
+            _score_on_ray(posts, loaded, store, options=options, ray_options=ray_options, progress=on_batch, on_start=on_start)
+        finally:
+            if bar is not None:
+                bar.close()
+        return
+
     try:
         summary = score_file(
             posts,
@@ -132,3 +160,56 @@ def score(
         if bar is not None:
             bar.close()
     typer.echo(format_summary(summary))
+
+
+def _check_ray_inputs(posts: Path) -> None:
+    """Fail before any work when Ray is missing or an input file is unusable."""
+    from drf_batch.scoring.inputs import open_posts_file
+    from drf_batch.scoring.ray_engine import RayNotInstalledError, import_ray, list_input_files
+
+    try:
+        import_ray()
+    except RayNotInstalledError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    for path in list_input_files(posts):
+        open_posts_file(path)
+
+
+def _ray_options(
+    address: str | None, num_actors: int, gpus_per_actor: float, cpus_per_actor: float | None, providers: ProviderChoice
+) -> RayOptions:
+    from drf_batch.scoring.ray_engine import RayOptions
+
+    return RayOptions(
+        address=address,
+        num_actors=num_actors,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        providers=None if providers is ProviderChoice.auto else providers.value,
+    )
+
+
+def _score_on_ray(
+    posts: Path,
+    loaded: Bundle,
+    store: ScoreStore,
+    *,
+    options: RunOptions,
+    ray_options: RayOptions,
+    progress: Callable[[int, int], None],
+    on_start: Callable[[int], None],
+) -> None:
+    from drf_batch.scoring.inputs import InputFileError
+    from drf_batch.scoring.ray_engine import RayEngineError, score_dump
+    from drf_batch.storage import DatabaseBusyError, LabelMismatchError
+
+    try:
+        summaries = score_dump(
+            posts, loaded, store, options=options, ray_options=ray_options, progress=progress, on_start=on_start
+        )
+    except (InputFileError, LabelMismatchError, DatabaseBusyError, RayEngineError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    for summary in summaries:
+        typer.echo(format_summary(summary))
