@@ -84,3 +84,24 @@ def default_bundle(tmp_path_factory) -> Path:
     checkpoint = None if default_checkpoint_available() else _random_head_checkpoint(root / "checkpoint")
     result = export_bundle(ExportOptions(out=root / "default", checkpoint=checkpoint))
     return result.bundle
+
+
+@pytest.fixture(scope="session")
+def scored_db(default_bundle, tmp_path_factory) -> Path:
+    """sample_data/posts.parquet scored with the default bundle by `drf-batch score`, once per session."""
+    from typer.testing import CliRunner
+
+    from drf_batch.cli import app
+
+    db_path = tmp_path_factory.mktemp("scored") / "scores.duckdb"
+    arguments = [
+        "score", str(REPO_ROOT / "sample_data" / "posts.parquet"),
+        "--bundle", str(default_bundle),
+        "--image-root", str(REPO_ROOT / "sample_data" / "images"),
+        "--db", str(db_path),
+        "--providers", "cpu",
+        "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    return db_path

@@ -42,6 +42,7 @@ FILTER_DEFAULTS: dict[str, Any] = {
     "filter_text_quality_min": 0.0,
     "filter_text_quality_max": 0.0,
     "filter_text_contains": "",
+    "filter_post_id": "",
     "filter_extra_keys": [],
     "explorer_sort": "confidence_asc",
     "explorer_page_size": PAGE_SIZES[0],
@@ -99,6 +100,7 @@ def _render_filters(context: DashboardContext) -> queries.PostFilter:
         second.multiselect("Image state", list(queries.STATES), key="filter_image_states")
         second.multiselect("Text state", list(queries.STATES), key="filter_text_states")
         third.text_input("Text contains", key="filter_text_contains", help="Case-insensitive substring of the post text.")
+        third.text_input("Post ID", key="filter_post_id", help="Exact post_id.")
 
         extra_keys: list[str] = context.query(queries.extra_keys, context.scope)
         third.multiselect(
@@ -143,6 +145,7 @@ def _render_filters(context: DashboardContext) -> queries.PostFilter:
         image_quality_range=_quality_range("image"),
         text_quality_range=_quality_range("text"),
         text_contains=st.session_state["filter_text_contains"].strip(),
+        post_id=st.session_state["filter_post_id"].strip(),
         extra=tuple(extra_filters),
     )
 
@@ -244,7 +247,8 @@ def _render_export(context: DashboardContext, post_filter: queries.PostFilter, t
     columns = st.columns(4)
     for column, file_format in zip(columns, ("csv", "parquet")):
         if column.button(f"Prepare {file_format.upper()}", key=f"export_{file_format}", disabled=total == 0):
-            _prepare_export(context, post_filter, file_format)
+            with st.spinner(f"Writing {format_count(total)} rows as {file_format.upper()}..."):
+                _prepare_export(context, post_filter, file_format)
 
     prepared = st.session_state.get("explorer_export")
     if prepared is not None and prepared["filter"] == post_filter and Path(prepared["path"]).is_file():

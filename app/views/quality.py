@@ -16,7 +16,8 @@ from app.views.common import DashboardContext, format_count, format_number
 
 HISTOGRAM_BINS = 60
 STATE_COLORS = alt.Scale(domain=list(queries.STATES), range=["#4c9a2a", "#f28e2b", "#9d9d9d", "#d62728"])
-# Half-width of the "near the threshold" band, as a fraction of the 5th-95th percentile spread.
+# Half-width of the "near the threshold" band, as a fraction of the 5th-95th percentile spread
+# (percentiles estimated from the histogram bins).
 NEAR_THRESHOLD_FRACTION = 0.05
 
 DESCRIPTIONS = {
@@ -25,6 +26,15 @@ DESCRIPTIONS = {
     "image_recovered": "Image recovered from text: log p of the text converted into image space.",
     "text_recovered": "Text recovered from image: log p of the image converted into text space.",
 }
+
+
+def histogram_percentiles(histogram: pd.DataFrame, lower: float, upper: float) -> tuple[float, float]:
+    """Estimate two percentiles from binned counts, to the precision of one bin width."""
+    per_bin = histogram.groupby(["bin_start", "bin_end"], as_index=False)["posts"].sum().sort_values("bin_start")
+    cumulative = per_bin["posts"].cumsum() / per_bin["posts"].sum()
+    lower_index = int((cumulative >= lower).to_numpy().argmax())
+    upper_index = int((cumulative >= upper).to_numpy().argmax())
+    return float(per_bin["bin_start"].iloc[lower_index]), float(per_bin["bin_end"].iloc[upper_index])
 
 
 def near_threshold_band(threshold: float, spread: tuple[float, float] | None) -> tuple[float, float]:
@@ -73,8 +83,7 @@ def _render_modality(context: DashboardContext, modality: str, threshold: float 
         st.caption(f"The bundle records no {modality} threshold.")
         return
 
-    spread = context.query(queries.quality_quantiles, context.scope, modality)
-    low, high = near_threshold_band(threshold, spread)
+    low, high = near_threshold_band(threshold, histogram_percentiles(histogram, 0.05, 0.95))
     near = context.query(queries.count_in_quality_range, context.scope, modality, low, high)
     st.caption(
         f"Threshold {format_number(threshold)} (red line). {format_count(near)} posts lie within "

@@ -80,27 +80,36 @@ def _render_comparison(context: DashboardContext, runs: pd.DataFrame) -> None:
     if run_b is None:
         return
 
-    crosstab: pd.DataFrame = context.query(queries.compare_runs, run_a, run_b)
-    shared = int(crosstab["posts"].sum()) if not crosstab.empty else 0
+    shared_posts: pd.DataFrame = context.query(queries.compare_runs, run_a, run_b)
+    shared = int(shared_posts["posts"].sum()) if not shared_posts.empty else 0
     if shared == 0:
         st.info("These runs share no post_id.")
         return
-    disagreeing = int(crosstab.loc[crosstab["label_a"] != crosstab["label_b"], "posts"].sum())
+    disagree = shared_posts["label_a"] != shared_posts["label_b"]
+    disagreeing = int(shared_posts.loc[disagree, "posts"].sum())
     figures = st.columns(3)
     figures[0].metric("Shared posts", format_count(shared))
     figures[1].metric("Label agreement", format_share(shared - disagreeing, shared))
     figures[2].metric("Disagreements", format_count(disagreeing))
 
-    matrix = crosstab.pivot_table(index="label_a", columns="label_b", values="posts", fill_value=0, aggfunc="sum")
+    matrix = shared_posts.pivot_table(index="label_a", columns="label_b", values="posts", fill_value=0, aggfunc="sum")
     matrix.index.name = "label in run A"
     matrix.columns.name = "label in run B"
     st.markdown("Labels of shared posts (rows: run A, columns: run B)")
     st.dataframe(matrix)
 
-    states: pd.DataFrame = context.query(queries.compare_states, run_a, run_b)
+    by_states = (
+        shared_posts.assign(disagreements=shared_posts["posts"].where(disagree, 0))
+        .groupby(["image_state_a", "image_state_b", "text_state_a", "text_state_b"], as_index=False, dropna=False)[
+            ["posts", "disagreements"]
+        ]
+        .sum()
+        .sort_values("posts", ascending=False)
+    )
+    by_states["agreement"] = 1 - by_states["disagreements"] / by_states["posts"]
     with st.expander("Agreement by modality states"):
         st.dataframe(
-            states.assign(agreement=1 - states["disagreements"] / states["posts"]),
+            by_states,
             hide_index=True,
             width="stretch",
             column_config={"agreement": st.column_config.NumberColumn(format="percent")},

@@ -26,6 +26,7 @@ def streamlit_command(
         "--server.port", str(port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
         "--",
         "--db", str(db),
     ]  # fmt: skip
