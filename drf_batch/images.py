@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from drf_batch.encoders.base import ImagePreprocessing
+from drf_batch.preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
 

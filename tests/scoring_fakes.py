@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from drf_batch.encoders.base import ImagePreprocessing
+from drf_batch.preprocessing import ImagePreprocessing
 
 FAIL_WORD = "explodes"
 """A text that contains this word makes the fake graphs raise."""
