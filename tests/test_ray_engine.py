@@ -259,6 +259,8 @@ def test_ray_options_invalid_values() -> None:
         RayOptions(gpus_per_actor=-1)
     with pytest.raises(ValueError, match="cpus_per_actor"):
         RayOptions(cpus_per_actor=0)
+    with pytest.raises(ValueError, match="merge_rows"):
+        RayOptions(merge_rows=0)
 
 
 def test_plan_cpus_per_actor_cases() -> None:
@@ -369,7 +371,7 @@ def test_ray_engine_rerun_after_failure(tmp_path: Path, bundle: Any, ray_local: 
             bundle,
             _FailingStore(ray_db, fail_after=3),
             options=_run_options(),
-            ray_options=RayOptions(num_actors=2),
+            ray_options=RayOptions(num_actors=2, merge_rows=BATCH_SIZE),
         )
     partial = _stored_positions(ray_db)
     assert 0 < len(partial) < len(_input_positions(dump))

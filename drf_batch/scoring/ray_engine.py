@@ -5,13 +5,21 @@ actors. Each actor loads the bundle's onnxruntime sessions once and calls `score
 function the local engine calls. The driver receives each record batch's results in input order and:
 
 1. writes them as Parquet partitions under the output directory, named by input file and row range;
-2. merges them into the DuckDB file with `ScoreStore.write_batch`, one transaction per batch.
+2. merges them into the DuckDB file with `ScoreStore.write_batch`, one transaction per group of
+   consecutive batches of one file (`RayOptions.merge_rows`).
 
 Every input file gets its own row in `runs`, with engine 'ray', so a directory of N files makes N
 runs, as N local runs would. Row numbers count rows within each input file, as the local engine does.
 A re-run skips rows already stored for the bundle, whichever engine stored them. Results reach the
 driver in input order, so when a post_id repeats, the row that becomes the `duplicate_post_id`
 reject is the same one the local engine rejects.
+
+The Parquet partitions contain the scoring core's output before the merge. DuckDB is the reference:
+a repeated post_id is a score in the Parquet partition but a `duplicate_post_id` reject in DuckDB.
+
+Input files, images and the bundle are read through local paths, so on a cluster they must be on
+storage that every node mounts at the same path. NOTE: object-store URIs such as s3://... are not
+read directly; mount the bucket instead (see docs/cluster.md).
 
 Ray is an optional dependency: nothing here imports it until a run starts.
 """
@@ -45,8 +53,8 @@ ENGINE = "ray"
 RAY_EXTRA_INSTALL = "pip install 'drf-batch[ray]'"
 
 READ_TASK_CPUS = 0.25
-"""CPUs reserved for each read task. Kept below one so that read tasks can still be scheduled on a
-machine whose CPUs are all reserved by scoring actors; reading is mostly I/O."""
+"""CPUs reserved for each read task. `plan_cpus_per_actor` keeps this much free, so a read task can
+run even when the actors take the rest of a small machine. Reading is mostly I/O and decoding."""
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -64,9 +72,9 @@ class RayOptions:
     """Settings of the Ray engine, on top of the local engine's `RunOptions`.
 
     Args:
-        address: Ray cluster to connect to: None starts a private local instance bound to
-            127.0.0.1; "auto" joins the cluster this machine belongs to; "ray://HOST:10001"
-            connects through Ray Client.
+        address: the Ray cluster. None starts a private local instance bound to 127.0.0.1,
+            "auto" joins the cluster this machine belongs to, and "ray://HOST:10001" connects
+            through Ray Client.
         num_actors: scoring actors, each with its own onnxruntime sessions.
         gpus_per_actor: GPUs reserved for each actor; above 0 the actors request CUDA.
         cpus_per_actor: CPUs reserved for each actor, which is also the onnxruntime thread count
@@ -76,6 +84,8 @@ class RayOptions:
             DuckDB file.
         providers: onnxruntime providers request for the actors ('auto', 'cpu', 'cuda'); None
             means 'cuda' when `gpus_per_actor` is above 0, else 'auto'.
+        merge_rows: rows per DuckDB transaction on the driver. Consecutive record batches of one
+            input file are merged together up to this count.
     """
 
     address: str | None = None
@@ -84,6 +94,7 @@ class RayOptions:
     cpus_per_actor: float | None = None
     output_dir: Path | None = None
     providers: str | None = None
+    merge_rows: int = 4096
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
@@ -92,6 +103,8 @@ class RayOptions:
             raise ValueError(f"gpus_per_actor must be 0 or more, got {self.gpus_per_actor}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise ValueError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
+        if self.merge_rows < 1:
+            raise ValueError(f"merge_rows must be at least 1, got {self.merge_rows}")
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -137,7 +150,7 @@ def list_input_files(dump: Path) -> list[Path]:
 
 
 def default_output_dir(db_path: Path) -> Path:
-    """Return the folder for Parquet partitions next to a DuckDB file: 'scores.duckdb' -> 'scores-parquet'."""
+    """Return the Parquet partitions folder next to a DuckDB file, e.g. 'scores-parquet' for 'scores.duckdb'."""
     return db_path.parent / f"{db_path.stem}-parquet"
 
 
@@ -329,8 +342,8 @@ def score_dump(
     """Score every row of a Parquet file or folder of Parquet files on Ray; return one summary per file.
 
     `bundle` is the driver's loaded bundle (from `drf_batch.bundle.load_bundle`), used for its id,
-    labels and manifest; each actor loads its own copy from `bundle.path`, so that path must be
-    readable at the same location on every Ray node, as must the input files and images.
+    labels and manifest. Each actor loads its own copy from `bundle.path`, so every Ray node must
+    be able to read that path, and the input files and images, at the same location.
     `on_start` receives the total row count before scoring starts.
     """
     files = list_input_files(dump)
@@ -383,7 +396,7 @@ def score_dump(
 
 
 def _record_providers_used(store: ScoreStore, run_id: str, providers_used: list[str]) -> None:
-    """Store the providers the actors reported; they are known only after the actors ran."""
+    """Store the providers that the actors reported, which are known only after the actors ran."""
     with store.connection() as connection:
         connection.execute(
             "UPDATE runs SET providers_used = ? WHERE run_id = ?", [providers_used, run_id]
@@ -440,8 +453,8 @@ def _run_pipeline(
     dataset = ray.data.read_datasource(
         datasource, num_cpus=READ_TASK_CPUS, override_num_blocks=len(runs)
     )
-    # Results must reach the driver in input order: it decides which repeated post_id is the
-    # duplicate, and the local engine keeps the first occurrence in file order.
+    # Results must reach the driver in input order, because the merge order decides which repeated
+    # post_id becomes the duplicate, and the local engine keeps the first occurrence in file order.
     dataset.context.execution_options.preserve_order = True
     results = dataset.map_batches(
         ray_workers.ScoringActor,
@@ -462,37 +475,92 @@ def _run_pipeline(
         output_dir,
     )
 
-    run_ids = {run.input_path: run.run_id for run in runs}
+    merger = _Merger(
+        store,
+        output_dir=output_dir,
+        bundle_id=bundle.bundle_id,
+        run_ids={run.input_path: run.run_id for run in runs},
+        merge_rows=ray_options.merge_rows,
+        progress=progress,
+    )
     providers_used: set[str] = set()
     for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in block.to_pylist():
             providers_used.update(name for name in row["providers_used"].split(",") if name)
-            processed = _merge_batch(row, store, output_dir=output_dir, bundle_id=bundle.bundle_id, run_ids=run_ids)
-            if progress is not None:
-                progress(processed, 0)
+            merger.add(row)
+    merger.flush()
     return providers_used
 
 
-def _merge_batch(
-    row: dict[str, Any], store: ScoreStore, *, output_dir: Path, bundle_id: str, run_ids: dict[str, str]
-) -> int:
-    """Write one record batch's results as Parquet partitions, then into DuckDB; return its row count.
+class _Merger:
+    """Writes each record batch's results as Parquet partitions and merges them into DuckDB.
 
-    The Parquet files are written first: after a crash between the two steps, the re-run scores the
-    batch again and replaces the same files, so neither output holds a row twice.
+    Each record batch gets its own Parquet files at once. The DuckDB merge combines consecutive
+    batches of one input file into one `write_batch` transaction of up to `merge_rows` rows, because
+    the single database writer, not the actors, limits a large cluster.
+    The Parquet files are written before the merge. After a crash between the two steps, the re-run
+    scores those batches again and replaces the same files, so neither output contains a row twice.
     """
-    from drf_batch.scoring import ray_workers
 
-    input_path = row[ray_workers.INPUT_PATH_COLUMN]
-    first = row[ray_workers.BATCH_START_COLUMN]
-    last = first + row[ray_workers.BATCH_ROWS_COLUMN] - 1
-    scores = ray_workers.from_ipc(row["scores_ipc"])
-    rejects = ray_workers.from_ipc(row["rejects_ipc"])
-    for name, table in (("scores", scores), ("rejects", rejects)):
-        if table.num_rows:
-            path = _partition_path(
-                output_dir, bundle_id=bundle_id, table=name, input_path=input_path, first=first, last=last
-            )
-            _write_partition(path, table)
-    store.write_batch(scores, rejects, run_id=run_ids[input_path])
-    return scores.num_rows + rejects.num_rows
+    def __init__(
+        self,
+        store: ScoreStore,
+        *,
+        output_dir: Path,
+        bundle_id: str,
+        run_ids: dict[str, str],
+        merge_rows: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.store = store
+        self.output_dir = output_dir
+        self.bundle_id = bundle_id
+        self.run_ids = run_ids
+        self.merge_rows = merge_rows
+        self.progress = progress
+        self.input_path: str | None = None
+        self.scores: list[pa.Table] = []
+        self.rejects: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Take one record batch's result row from a scoring actor."""
+        from drf_batch.scoring import ray_workers
+
+        input_path = row[ray_workers.INPUT_PATH_COLUMN]
+        first = row[ray_workers.BATCH_START_COLUMN]
+        last = first + row[ray_workers.BATCH_ROWS_COLUMN] - 1
+        scores = ray_workers.from_ipc(row["scores_ipc"])
+        rejects = ray_workers.from_ipc(row["rejects_ipc"])
+        for name, table in (("scores", scores), ("rejects", rejects)):
+            if table.num_rows:
+                path = _partition_path(
+                    self.output_dir,
+                    bundle_id=self.bundle_id,
+                    table=name,
+                    input_path=input_path,
+                    first=first,
+                    last=last,
+                )
+                _write_partition(path, table)
+
+        # write_batch orders repeated post_ids by row number, which is file order only within a file.
+        if input_path != self.input_path:
+            self.flush()
+            self.input_path = input_path
+        self.scores.append(scores)
+        self.rejects.append(rejects)
+        self.rows += scores.num_rows + rejects.num_rows
+        if self.rows >= self.merge_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge the buffered batches into DuckDB in one transaction."""
+        if self.input_path is None or not self.rows:
+            return
+        self.store.write_batch(
+            pa.concat_tables(self.scores), pa.concat_tables(self.rejects), run_id=self.run_ids[self.input_path]
+        )
+        if self.progress is not None:
+            self.progress(self.rows, 0)
+        self.scores, self.rejects, self.rows = [], [], 0

@@ -4,7 +4,7 @@ This module imports Ray at the top, so only `drf_batch.scoring.ray_engine` impor
 checked that Ray is installed.
 
 The datasource reads each input file with the same `ParquetFile.iter_batches` call as the local
-engine, so every record batch holds the same rows as the local engine's batch at the same position.
+engine, so every record batch contains the same rows as the local engine's batch at the same position.
 The scoring core pads texts to the longest text of each inference chunk, so the same batches make the
 same chunks, which is what makes the two engines' numbers identical rather than merely close.
 """
@@ -131,7 +131,7 @@ def _read_file(item: InputFile, *, batch_size: int) -> Iterator[pa.Table]:
 
 @dataclass(frozen=True)
 class ActorSettings:
-    """What every scoring actor needs to rebuild the local engine's scoring context.
+    """Settings from which each scoring actor rebuilds the local engine's scoring context.
 
     `columns` maps each input file to its own column names, so that a block that Ray Data
     concatenated from several files is cut back to each file's exact schema before scoring.
@@ -232,7 +232,7 @@ class BatchPart:
 def split_batches(block: pa.Table) -> Iterator[BatchPart]:
     """Cut a block into the record batches the datasource read, in block order.
 
-    Ray Data may pass several blocks to one call, so a block can hold more than one record batch.
+    Ray Data may pass several blocks to one call, so a block can contain more than one record batch.
     """
     if block.num_rows == 0:
         return
