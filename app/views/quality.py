@@ -1,7 +1,7 @@
 """Quality: histograms of the per-modality quality values with the bundle's calibrated thresholds.
 
 Quality values are log densities (log p) of a post's features under the training distribution of
-that modality; a value below the bundle's threshold makes the modality `low_quality`.
+that modality. A value below the bundle's threshold makes the modality `low_quality`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def histogram_percentiles(histogram: pd.DataFrame, lower: float, upper: float) -
 def near_threshold_band(threshold: float, spread: tuple[float, float] | None) -> tuple[float, float]:
     """Return the quality range around `threshold` that counts as "near" it."""
     width = abs(spread[1] - spread[0]) if spread is not None else 0.0
-    half_width = max(width * NEAR_THRESHOLD_FRACTION, 1e-6)
+    # When every value is equal the spread is zero, so fall back to 1% of the threshold's size.
+    half_width = max(width * NEAR_THRESHOLD_FRACTION, abs(threshold) * 0.01, 1e-3)
     return threshold - half_width, threshold + half_width
 
 
