@@ -201,14 +201,14 @@ def _score_on_ray(
     on_start: Callable[[int], None],
 ) -> None:
     from drf_batch.scoring.inputs import InputFileError
-    from drf_batch.scoring.ray_engine import RayEngineError, score_dump
+    from drf_batch.scoring.ray_engine import RayEngineError, RayNotInstalledError, score_dump
     from drf_batch.storage import DatabaseBusyError, LabelMismatchError
 
     try:
         summaries = score_dump(
             posts, loaded, store, options=options, ray_options=ray_options, progress=progress, on_start=on_start
         )
-    except (InputFileError, LabelMismatchError, DatabaseBusyError, RayEngineError) as error:
+    except (InputFileError, LabelMismatchError, DatabaseBusyError, RayEngineError, RayNotInstalledError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     for summary in summaries:

@@ -186,6 +186,8 @@ def _connect(options: RayOptions) -> tuple[ModuleType, bool]:
     ray = import_ray()
     if ray.is_initialized():
         return ray, False
+    if options.address is not None and options.address.startswith("ray://"):
+        _check_ray_client()
     if options.address is None:
         if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
             logger.warning(
@@ -198,6 +200,18 @@ def _connect(options: RayOptions) -> tuple[ModuleType, bool]:
         ray.init(address=options.address, include_dashboard=False, configure_logging=False)
         logger.info("connected to the Ray cluster at %s", options.address)
     return ray, True
+
+
+def _check_ray_client() -> None:
+    """Raise `RayNotInstalledError` when Ray Client, which `ray://` addresses need, is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("grpc") is None:
+        raise RayNotInstalledError(
+            "a ray:// address connects through Ray Client, which needs grpcio. Install it with: "
+            "pip install 'ray[client]==2.60.0' (the same Ray version as the cluster), or run the "
+            "command on a cluster node with --address auto"
+        )
 
 
 def plan_cpus_per_actor(options: RayOptions, cluster_cpus: float) -> float:
