@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -37,12 +40,12 @@ def query_one(db_path: Path, statement: str, params: list | None = None):
 def test_scored_overview_matches_run(monkeypatch, scored_db):
     rows_scored, rows_rejected = query_one(scored_db, "SELECT rows_scored, rows_rejected FROM runs")
     app = start_app(monkeypatch, scored_db, SAMPLE_IMAGES)
-    shown = {metric.label: metric.value for metric in app.metric}
+    displayed = {metric.label: metric.value for metric in app.metric}
 
     assert rows_scored > 0
-    assert shown["Posts scored"] == f"{rows_scored:,}"
-    assert shown["Rows rejected"] == f"{rows_rejected:,}"
-    assert {"Negative share", "Neutral share", "Positive share"} <= set(shown)
+    assert displayed["Posts scored"] == f"{rows_scored:,}"
+    assert displayed["Rows rejected"] == f"{rows_rejected:,}"
+    assert {"Negative share", "Neutral share", "Positive share"} <= set(displayed)
 
 
 def test_scored_every_section_renders(monkeypatch, scored_db):
@@ -99,3 +102,46 @@ def test_scored_explorer_rejects_escaping_image_root(monkeypatch, scored_db, tmp
     app.text_input(key="filter_post_id").set_value(post_id).run()
 
     assert not app.get("image")
+
+
+def test_dashboard_during_scoring_run(monkeypatch, default_bundle, tmp_path):
+    db_path = tmp_path / "live.duckdb"
+    command = [
+        sys.executable, "-c", "from drf_batch.cli import app; app()",
+        "score", str(SAMPLE_POSTS),
+        "--bundle", str(default_bundle),
+        "--image-root", str(SAMPLE_IMAGES),
+        "--db", str(db_path),
+        "--providers", "cpu",
+        "--no-progress",
+        "--batch-size", "4",
+        "--pause-after-batch", "1.0",
+    ]  # fmt: skip
+    monkeypatch.setenv("DRF_BATCH_DASHBOARD_DB", str(db_path))
+    monkeypatch.setenv("DRF_BATCH_DASHBOARD_IMAGE_ROOT", str(SAMPLE_IMAGES))
+    app = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
+    runs_while_scoring = 0
+    saw_progress_note = False
+
+    scorer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while scorer.poll() is None and time.monotonic() < deadline:
+            if db_path.is_file():
+                app.run()
+                assert not app.exception, app.exception
+                runs_while_scoring += 1
+                saw_progress_note |= any("Scoring in progress" in info.value for info in app.info)
+            time.sleep(0.2)
+    finally:
+        if scorer.poll() is None:
+            scorer.kill()
+        output, _ = scorer.communicate(timeout=60)
+
+    assert scorer.returncode == 0, output
+    assert runs_while_scoring > 0
+    assert saw_progress_note
+    app.run()
+    rows_scored = query_one(db_path, "SELECT rows_scored FROM runs")[0]
+    assert {metric.label: metric.value for metric in app.metric}["Posts scored"] == f"{rows_scored:,}"
+    assert not any("Scoring in progress" in info.value for info in app.info)
