@@ -3,7 +3,7 @@
 Usage: python benchmarks/dashboard.py [--rows N] [--workdir DIR] [--output docs/benchmarks-dashboard.md]
 
 The database is generated with DuckDB SQL (benchmarks/dashboard_data.py) into a temporary folder,
-or reused from --workdir when it already holds one of the same size. Each query opens and closes its
+or reused from --workdir when that folder already contains one of the same size. Each query opens and closes its
 own read-only connection, as the dashboard does, so the timings include connecting.
 """
 
@@ -104,6 +104,33 @@ def time_export(db_path: Path, workdir: Path) -> list[tuple[str, float, int]]:
     return results
 
 
+SECTIONS = ("Overview", "Trends", "Quality", "Post explorer", "Runs and rejects")
+
+
+def time_sections(db_path: Path) -> list[tuple[str, float, float]]:
+    """Render each dashboard section with Streamlit's AppTest, first with cold caches, then again.
+
+    Returns (section, first render seconds, repeated render seconds) per section.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["DRF_BATCH_DASHBOARD_DB"] = str(db_path)
+    app = AppTest.from_file(str(REPO_ROOT / "app" / "dashboard.py"), default_timeout=600)
+    results = []
+    for index, section in enumerate(SECTIONS):
+        if index > 0:
+            app.sidebar.radio(key="section").set_value(section)
+        started = time.perf_counter()
+        app.run()
+        first = time.perf_counter() - started
+        if app.exception:
+            raise RuntimeError(f"section {section} failed: {app.exception}")
+        started = time.perf_counter()
+        app.run()
+        results.append((section, first, time.perf_counter() - started))
+    return results
+
+
 def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -128,7 +155,7 @@ def machine_description() -> str:
 
 def render_report(
     rows: int, build_seconds: float | None, file_bytes: int, timings: list[tuple[str, str, list[float]]],
-    exports: list[tuple[str, float, int]],
+    exports: list[tuple[str, float, int]], sections: list[tuple[str, float, float]],
 ) -> str:
     lines = [
         "# Dashboard query timings",
@@ -148,6 +175,16 @@ def render_report(
     ]
     for section, name, seconds in timings:
         lines.append(f"| {section} | {name} | {statistics.median(seconds):.3f} | {max(seconds):.3f} |")
+    lines += [
+        "",
+        "Whole sections rendered by Streamlit's AppTest in one process (every query of the section, the "
+        "sidebar and Streamlit's own work; the explorer with its default filters and 10 cards):",
+        "",
+        "| section | first render, cold cache (s) | repeated render (s) |",
+        "| --- | ---: | ---: |",
+    ]
+    for section, first, repeated in sections:
+        lines.append(f"| {section} | {first:.2f} | {repeated:.2f} |")
     lines += [
         "",
         "Export of the filtered view (lang = de, written by DuckDB's COPY):",
@@ -184,8 +221,11 @@ def main() -> None:
         timings.append((section, name, seconds))
         print(f"{section:9} {name:45} median {statistics.median(seconds):.3f} s", flush=True)
     exports = time_export(db_path, workdir)
+    sections = time_sections(db_path)
+    for section, first, repeated in sections:
+        print(f"section {section:20} first {first:.2f} s, repeated {repeated:.2f} s", flush=True)
 
-    report = render_report(options.rows, build_seconds, db_path.stat().st_size, timings, exports)
+    report = render_report(options.rows, build_seconds, db_path.stat().st_size, timings, exports, sections)
     options.output.write_text(report)
     print(f"wrote {options.output}")
 

@@ -18,9 +18,19 @@ def _run_label(runs: pd.DataFrame, run_id: str) -> str:
     return f"{run_id} · {row['bundle_name']} · {started_text}"
 
 
+def _page_input(label: str, page_count: int, *, key: str) -> int:
+    """Draw a page number input, first moving a page beyond the last one (after a filter change) back."""
+    current = st.session_state.get(key, 1)
+    if not 1 <= current <= page_count:
+        st.session_state[key] = min(max(int(current), 1), page_count)
+    elif key not in st.session_state:
+        st.session_state[key] = 1
+    return int(st.number_input(label, min_value=1, max_value=page_count, step=1, key=key))
+
+
 def _render_runs(runs: pd.DataFrame) -> None:
     st.subheader("Runs")
-    shown = [
+    columns = [
         name
         for name in (
             "run_id", "status", "bundle_name", "bundle_id", "engine", "providers_requested", "providers_used",
@@ -30,7 +40,7 @@ def _render_runs(runs: pd.DataFrame) -> None:
         if name in runs.columns
     ]  # fmt: skip
     st.dataframe(
-        runs[shown],
+        runs[columns],
         hide_index=True,
         width="stretch",
         column_config={
@@ -59,7 +69,7 @@ def _render_rejects(context: DashboardContext, runs: pd.DataFrame) -> None:
                                format_func=lambda value: "any reason" if value is None else value, key="rejects_reason")  # fmt: skip
     total = int(reasons["rows"].sum()) if reason_code is None else int(reasons.loc[reasons["reason_code"] == reason_code, "rows"].sum())
     page_count = max(1, -(-total // PAGE_SIZE))
-    page = st.number_input("Page", min_value=1, max_value=page_count, value=1, step=1, key="rejects_page")
+    page = _page_input("Page", page_count, key="rejects_page")
     rows: pd.DataFrame = context.query(queries.reject_page, run_id, reason_code, PAGE_SIZE, (int(page) - 1) * PAGE_SIZE)
     st.caption(f"{format_count(total)} rejected rows · page {page} of {page_count}")
     st.dataframe(rows, hide_index=True, width="stretch")
@@ -117,7 +127,7 @@ def _render_comparison(context: DashboardContext, runs: pd.DataFrame) -> None:
 
     if disagreeing:
         page_count = max(1, -(-disagreeing // PAGE_SIZE))
-        page = st.number_input("Disagreements page", min_value=1, max_value=page_count, value=1, step=1, key="compare_page")
+        page = _page_input("Disagreements page", page_count, key="compare_page")
         rows: pd.DataFrame = context.query(queries.disagreement_page, run_a, run_b, PAGE_SIZE, (int(page) - 1) * PAGE_SIZE)
         st.dataframe(rows, hide_index=True, width="stretch")
 
