@@ -90,8 +90,8 @@ def _bad_rows() -> pa.Table:
         ("bad-003", "   ", None),
         ("bad-004", "", None),
         ("bad-005", None, None),
+        ("bad-006", "First of two rows with one id, at the end of the first batch.", None),
         ("demo-001", "The same post_id as the first sample post.", None),
-        ("bad-006", "First of two rows with one id.", None),
         ("bad-006", "Second of two rows with one id.", None),
         ("bad-007", "An image path outside the image root.", "../../../etc/hostname"),
         ("bad-008", "An http image that is never fetched.", "http://127.0.0.1:9/x.jpg"),
@@ -326,8 +326,14 @@ def test_ray_engine_equals_local_engine(tmp_path: Path, bundle: Any, ray_local: 
     ray_db = tmp_path / "ray.duckdb"
     _score_locally(dump, bundle, local_db)
 
+    # One transaction per record batch, so the merge order decides which repeated post_id is the
+    # duplicate, as in the local engine.
     summaries = score_dump(
-        dump, bundle, ScoreStore(ray_db), options=_run_options(), ray_options=RayOptions(num_actors=2)
+        dump,
+        bundle,
+        ScoreStore(ray_db),
+        options=_run_options(),
+        ray_options=RayOptions(num_actors=2, merge_rows=BATCH_SIZE),
     )
 
     _assert_same_rows(

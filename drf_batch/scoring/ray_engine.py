@@ -396,6 +396,7 @@ def score_dump(
         if started_ray and ray is not None:
             ray.shutdown()
 
+    # The files are scored together, so each run records the duration of the whole job.
     seconds = time.monotonic() - started
     summaries = []
     for run in runs:
@@ -470,6 +471,8 @@ def _run_pipeline(
     # Results must reach the driver in input order, because the merge order decides which repeated
     # post_id becomes the duplicate, and the local engine keeps the first occurrence in file order.
     dataset.context.execution_options.preserve_order = True
+    # The command shows its own progress bar; Ray Data's would log a status block every 10 s.
+    dataset.context.enable_progress_bars = False
     results = dataset.map_batches(
         ray_workers.ScoringActor,
         fn_constructor_kwargs={"settings": settings},
