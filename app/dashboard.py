@@ -6,6 +6,7 @@ Run it with `drf-batch dashboard --db scores.duckdb [--image-root DIR]`, or dire
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ if __package__ in (None, ""):
     if _REPOSITORY_ROOT not in sys.path:
         sys.path.insert(0, _REPOSITORY_ROOT)
 
+import duckdb  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
@@ -24,6 +26,8 @@ from app import queries, settings  # noqa: E402
 from app.database import DatabaseBusyError, QueryCache  # noqa: E402
 from app.views import explorer, overview, quality, runs, trends  # noqa: E402
 from app.views.common import DashboardContext  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = {
     "Overview": overview.render,
@@ -103,6 +107,10 @@ def main() -> None:
     except DatabaseBusyError:
         _show_busy_note(options.db_path)
         return
+    except duckdb.Error as error:
+        logger.exception("cannot read %s", options.db_path)
+        st.error(f"Cannot read {options.db_path} as a DuckDB database: {error}")
+        return
 
     st.sidebar.caption(f"Database: {options.db_path}")
     scope, bundle = _select_scope(bundles, all_runs)
@@ -125,6 +133,14 @@ def main() -> None:
         SECTIONS[section](context)
     except DatabaseBusyError:
         _show_busy_note(options.db_path)
+    except FileNotFoundError as error:
+        st.error(str(error))
+    except duckdb.Error as error:
+        logger.exception("query for section %s failed on %s", section, options.db_path)
+        st.error(
+            f"A query of the {section} section failed on {options.db_path}: {error}. "
+            "Check that the file was written by a compatible `drf-batch score`."
+        )
 
     if context.stale_loaded_at:
         loaded = datetime.fromtimestamp(min(context.stale_loaded_at))

@@ -64,20 +64,20 @@ def match_count(app: AppTest) -> int:
 def test_overview_key_figures_match_database(monkeypatch, synthetic):
     database, image_root = synthetic
     app = start_app(monkeypatch, database.path, image_root)
-    shown = metrics(app)
+    displayed = metrics(app)
 
-    assert shown["Posts scored"] == f"{database.rows:,}"
-    assert shown["Rows rejected"] == f"{database.rejected_rows:,}"
+    assert displayed["Posts scored"] == f"{database.rows:,}"
+    assert displayed["Rows rejected"] == f"{database.rejected_rows:,}"
     positives = sql_value(
         database.path, "SELECT count(*) FROM scores WHERE bundle_id = ? AND label = 'positive'", [database.bundle_a]
     )
-    assert shown["Positive share"] == f"{100 * positives / database.rows:.1f}%"
+    assert displayed["Positive share"] == f"{100 * positives / database.rows:.1f}%"
 
 
 def test_overview_state_shares_match_database(monkeypatch, synthetic):
     database, image_root = synthetic
     app = start_app(monkeypatch, database.path, image_root)
-    shown = metrics(app)
+    displayed = metrics(app)
 
     for modality in ("image", "text"):
         for state in ("low_quality", "missing", "unreadable"):
@@ -87,7 +87,7 @@ def test_overview_state_shares_match_database(monkeypatch, synthetic):
                 [database.bundle_a, state],
             )
             label = f"{modality.capitalize()} {state.replace('_', ' ')}"
-            assert shown[label] == f"{100 * posts / database.rows:.1f}%", label
+            assert displayed[label] == f"{100 * posts / database.rows:.1f}%", label
     assert len(app.get("vega_lite_chart")) == 1
 
 
@@ -286,9 +286,9 @@ def test_runs_compare_two_bundles(monkeypatch, synthetic):
         "SELECT count(*) FROM scores a JOIN scores b USING (post_id) WHERE a.run_id = ? AND b.run_id = ? AND a.label <> b.label",
         [database.run_a, database.run_b],
     )
-    shown = metrics(app)
-    assert shown["Shared posts"] == f"{database.shared_rows:,}"
-    assert shown["Disagreements"] == f"{disagreements:,}"
+    displayed = metrics(app)
+    assert displayed["Shared posts"] == f"{database.shared_rows:,}"
+    assert displayed["Disagreements"] == f"{disagreements:,}"
     disagreement_rows = app.dataframe[-1].value
     assert len(disagreement_rows) == min(disagreements, 25)
     assert (disagreement_rows["label_a"] != disagreement_rows["label_b"]).all()
@@ -389,3 +389,12 @@ def test_post_conditions_bind_every_value():
 def test_json_path_rejects_quoted_key():
     with pytest.raises(ValueError, match="quote"):
         queries.json_path('lang"] OR 1=1')
+
+
+def test_dashboard_reports_unreadable_file(monkeypatch, tmp_path):
+    garbage = tmp_path / "garbage.duckdb"
+    garbage.write_bytes(b"this is not a DuckDB file" * 100)
+
+    app = start_app(monkeypatch, garbage)
+
+    assert "Cannot read" in app.error[0].value
