@@ -100,6 +100,39 @@ def test_sample_data_rerun_adds_nothing(sample_run: tuple[Path, str], default_bu
     assert f"already stored: {rows}" in result.output
 
 
+def test_rerun_skips_bundle_loading(sample_run: tuple[Path, str], default_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_path, _ = sample_run
+
+    def fail_load_bundle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a re-run of a finished file must not load the onnxruntime sessions")
+
+    monkeypatch.setattr("drf_batch.bundle.load_bundle", fail_load_bundle)
+    arguments = [
+        "score", str(SAMPLE_DATA / "posts.parquet"), "--bundle", str(default_bundle), "--db", str(db_path),
+        "--image-root", str(SAMPLE_DATA / "images"), "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "scored:         0" in result.output
+
+
+def test_manifest_only_bundle_id_matches(bundle, default_bundle: Path, tmp_path: Path) -> None:
+    from drf_batch.scoring.runner import manifest_only_bundle_if_done
+    from drf_batch.storage import ScoreStore
+
+    posts = tmp_path / "posts.parquet"
+    pq.write_table(pa.table({"post_id": ["a"], "text": ["one post"]}), posts)
+    store = ScoreStore(tmp_path / "scores.duckdb")
+    assert manifest_only_bundle_if_done(posts, default_bundle, store) is None
+    from drf_batch.scoring.runner import score_file
+
+    score_file(posts, bundle, store)
+    stand_in = manifest_only_bundle_if_done(posts, default_bundle, store)
+    assert stand_in is not None
+    assert stand_in.bundle_id == bundle.bundle_id
+    assert stand_in.labels == tuple(bundle.labels)
+
+
 def test_real_graphs_hard_texts(bundle, tmp_path: Path) -> None:
     long_text = " ".join(["wonderful"] * 2000)
     batch = pa.RecordBatch.from_pydict(

@@ -94,6 +94,8 @@ def test_cli_prints_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         return FakeBundle()
 
     monkeypatch.setattr("drf_batch.bundle.load_bundle", fake_load_bundle)
+    # The fake bundle has no manifest.json on disk, so the re-run shortcut cannot apply.
+    monkeypatch.setattr("drf_batch.scoring.runner.manifest_only_bundle_if_done", lambda *args: None)
     arguments = ["score", str(posts), "--db", str(tmp_path / "s.duckdb"), "--no-progress", "--providers", "cpu"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -48,8 +48,8 @@ def format_summary(summary: RunSummary) -> str:
         f"  graphs:         {_format_counts(summary.graphs)}",
         f"  image states:   {_format_counts(summary.image_states)}",
         f"  text states:    {_format_counts(summary.text_states)}",
-        f"  providers:      requested {', '.join(summary.providers_requested) or 'default'}; "
-        f"used {', '.join(summary.providers_used) or 'unknown'}",
+        f"  providers:      requested {', '.join(summary.providers_requested) or 'none'}; "
+        f"used {', '.join(summary.providers_used) or 'none (no row needed scoring)'}",
         f"  time:           {summary.seconds:.1f} s, {summary.posts_per_second:.1f} posts/s",
     ]
     return "\n".join(lines)
@@ -86,7 +86,7 @@ def score(
     from drf_batch.bundle import BundleError, load_bundle
     from drf_batch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageLimits
     from drf_batch.scoring.inputs import InputFileError, open_posts_file
-    from drf_batch.scoring.runner import RunOptions, score_file
+    from drf_batch.scoring.runner import RunOptions, manifest_only_bundle_if_done, score_file
     from drf_batch.storage import DatabaseBusyError, LabelMismatchError, LockPolicy, ScoreStore
 
     try:
@@ -98,13 +98,22 @@ def score(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
+    store = ScoreStore(db, lock_policy=LockPolicy(timeout_s=lock_timeout))
     try:
-        # load_bundle logs one line on the providers in use, and a warning when CUDA was
-        # requested explicitly but the sessions fell back to the CPU.
-        # With Ray the driver only reads the bundle's id and labels; the actors run the graphs.
-        loaded = load_bundle(bundle, providers="cpu" if engine is EngineChoice.ray else providers.value)
+        loaded: Any = None
+        if engine is not EngineChoice.ray:
+            # A re-run of a finished file needs only the bundle's id, not its onnxruntime sessions.
+            loaded = manifest_only_bundle_if_done(posts, bundle, store)
+        if loaded is None:
+            # load_bundle logs one line on the providers in use, and a warning when CUDA was
+            # requested explicitly but the sessions fell back to the CPU.
+            # With Ray the driver only reads the bundle's id and labels; the actors run the graphs.
+            loaded = load_bundle(bundle, providers="cpu" if engine is EngineChoice.ray else providers.value)
     except (BundleError, FileNotFoundError, ValueError) as error:
         typer.echo(f"error: could not load bundle {bundle}: {error}", err=True)
+        raise typer.Exit(2) from error
+    except DatabaseBusyError as error:
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
     options = RunOptions(
@@ -119,7 +128,6 @@ def score(
         decode_threads=decode_threads,
         pause_after_batch_s=pause_after_batch,
     )
-    store = ScoreStore(db, lock_policy=LockPolicy(timeout_s=lock_timeout))
     bar: tqdm | None = None
 
     def on_start(total: int) -> None:

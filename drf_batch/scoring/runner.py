@@ -7,6 +7,7 @@ stored by an earlier run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -17,8 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from drf_batch import __version__
 from drf_batch.images import ImageLimits
@@ -80,6 +83,49 @@ class RunSummary:
     def posts_per_second(self) -> float:
         processed = self.rows_scored + self.rows_rejected
         return processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ManifestOnlyBundle:
+    """A stand-in for a bundle when every input row is already stored: it has no sessions.
+
+    Lets a re-run of a finished file record its run without creating onnxruntime sessions.
+    """
+
+    bundle_id: str
+    manifest: dict[str, Any]
+    path: Path
+    providers_requested: tuple[str, ...] = ()
+    providers_used: tuple[str, ...] = ()
+    sessions: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Any = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.manifest["labels"])
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("a manifest-only bundle cannot score; load the bundle with load_bundle")
+
+
+def manifest_only_bundle_if_done(input_path: Path, bundle_path: Path, store: ScoreStore) -> ManifestOnlyBundle | None:
+    """Return a `ManifestOnlyBundle` when the store already holds every row of `input_path` for
+    the bundle in `bundle_path`, else None (also when the database or its tables do not exist)."""
+    from drf_batch.bundle import read_manifest
+
+    if not store.db_path.exists():
+        return None
+    raw, manifest = read_manifest(bundle_path)
+    # The same id that load_bundle gives: the first 16 hex digits of the manifest's sha256.
+    bundle_id = hashlib.sha256(raw).hexdigest()[:16]
+    total_rows = pq.read_metadata(input_path).num_rows
+    try:
+        stored = store.stored_row_numbers(bundle_id=bundle_id, input_path=str(input_path.resolve()))
+    except duckdb.CatalogException:
+        return None
+    if total_rows == 0 or len(stored) < total_rows:
+        return None
+    return ManifestOnlyBundle(bundle_id=bundle_id, manifest=manifest, path=bundle_path)
 
 
 ProgressCallback = Callable[[int, int], None]
