@@ -1,8 +1,8 @@
 """The local scoring loop: read a posts Parquet file in record batches, score each, write each.
 
-Memory stays flat with the size of the file: one record batch is read, scored and written at a time,
-and the only per-row state kept across batches is one byte per input row that marks rows already
-stored by an earlier run.
+Memory stays flat with the size of the file because one record batch is read, scored and written at
+a time. The only per-row state kept across batches is one byte per input row, which marks the rows
+an earlier run already stored.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class ManifestOnlyBundle:
 
 
 def manifest_only_bundle_if_done(input_path: Path, bundle_path: Path, store: ScoreStore) -> ManifestOnlyBundle | None:
-    """Return a `ManifestOnlyBundle` when the store already holds every row of `input_path` for
+    """Return a `ManifestOnlyBundle` when the store already contains every row of `input_path` for
     the bundle in `bundle_path`, else None (also when the database or its tables do not exist)."""
     from drf_batch.bundle import read_manifest
 
