@@ -2,7 +2,7 @@
 
 A bundle is a folder written by `drf-batch export-onnx` (format described in export/README.md):
 three ONNX graphs, the tokenizer files and a manifest.json that records the sha256 of every file.
-Loading checks everything that can be checked before onnxruntime sees a graph, so a damaged or
+Loading checks everything that can be checked before onnxruntime loads a graph, so a damaged or
 incompatible bundle fails with an error that names the file and the fix rather than with an
 onnxruntime stack trace. This module imports neither torch nor the export code.
 """
@@ -153,7 +153,7 @@ class Bundle:
     @property
     def preprocessing(self) -> Any:
         """The image preprocessing (an encoders.ImagePreprocessing) that the image graphs expect."""
-        from drf_batch.encoders import ImagePreprocessing
+        from drf_batch.preprocessing import ImagePreprocessing
 
         return ImagePreprocessing.from_dict(self.manifest["image_encoder"]["preprocessing"])
 

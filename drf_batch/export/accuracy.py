@@ -86,7 +86,12 @@ def bundle_metrics(
         if pixels is None and text is None:
             skipped += 1
             continue
-        graph = "paired" if pixels is not None and text is not None else ("image_only" if text is None else "text_only")
+        if pixels is not None and text is not None:
+            graph = "paired"
+        elif pixels is not None:
+            graph = "image_only"
+        else:
+            graph = "text_only"
         routed[graph].append((row["post_id"], pixels, text))
         labels[row["post_id"]] = row["label"]
 

@@ -36,7 +36,7 @@ EXAMPLE_TEXTS = ("an example post for export", "another one")
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What `export_bundle` writes and how.
+    """Options of `export_bundle`: output folders, checkpoint, opset, exporter and quantisation.
 
     `quantize` "int8" also writes an INT8 copy of the bundle into `quantized_out` (by default the
     output folder's name with "-int8" appended). `overwrite` replaces existing bundle folders.

@@ -1,12 +1,12 @@
 """INT8 dynamic quantisation of a bundle's graphs with onnxruntime.quantization.
 
 Weights of MatMul, Gemm and Gather (the text encoder's embedding table) become int8 with one scale
-per output channel; activations are quantised on the fly. Convolutions stay FP32: quantised
-ConvInteger ran about 6 times slower than FP32 Conv for EfficientNet-Lite0 with onnxruntime 1.31
-on a 2-core x86-64 CPU, while MatMul/Gemm/Gather quantisation halved the time of all-MiniLM-L6-v2
-(batch 32, 40 tokens) and shrank it from 91 MB to 23 MB. Per-channel scales kept the text
-embedding's cosine similarity to FP32 at 0.98 or more on random token ids, against 0.87 with one
-scale per tensor.
+per output channel, and activations are quantised at run time. Convolutions stay FP32, because
+quantising them too (ConvInteger) made the paired graph about 6 times slower than FP32 with
+onnxruntime 1.31 on a 2-core x86-64 CPU (batch 8). MatMul/Gemm/Gather quantisation alone halved
+the time of all-MiniLM-L6-v2 (batch 32, 40 tokens) and shrank it from 91 MB to 23 MB. Per-channel
+scales kept the cosine similarity of its embeddings to FP32 at 0.98 or more on random token ids,
+against 0.87 with one scale per tensor.
 """
 
 from __future__ import annotations
