@@ -89,7 +89,7 @@ def test_cli_prints_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     posts = _mixed_posts(tmp_path / "posts.parquet", 12)
     requested: list[object] = []
 
-    def fake_load_bundle(path: Path, *, providers: object = None) -> FakeBundle:
+    def fake_load_bundle(path: Path, *, providers: object = None, **options: object) -> FakeBundle:
         requested.append(providers)
         return FakeBundle()
 

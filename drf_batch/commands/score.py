@@ -65,6 +65,7 @@ def score(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Rows per record batch and per database transaction."),
     inference_batch_size: int = typer.Option(32, "--inference-batch-size", min=1, help="Posts per onnxruntime call."),
     decode_threads: int = typer.Option(2, "--decode-threads", min=1, help="Threads that decode and resize images."),
+    onnx_threads: int | None = typer.Option(None, "--onnx-threads", min=1, help="onnxruntime intra-op threads per graph; defaults to the number of physical cores."),
     allow_urls: bool = typer.Option(False, "--allow-urls", help="Fetch http(s):// image paths; without it they are marked unreadable."),
     providers: ProviderChoice = typer.Option(ProviderChoice.auto, "--providers", help="Execution providers: cpu, cuda, or auto (CUDA when onnxruntime offers it, else the CPU)."),
     max_image_pixels: int | None = typer.Option(None, "--max-image-pixels", min=1, help="Images whose declared width x height exceeds this are unreadable (default 40 million)."),
@@ -83,7 +84,7 @@ def score(
     """Score a posts Parquet file into DuckDB, routing each post to the graph that fits its modalities."""
     from tqdm import tqdm
 
-    from drf_batch.bundle import BundleError, load_bundle
+    from drf_batch.bundle import BundleError, SessionConfig, load_bundle
     from drf_batch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageLimits
     from drf_batch.scoring.inputs import InputFileError, open_posts_file
     from drf_batch.scoring.runner import RunOptions, manifest_only_bundle_if_done, score_file
@@ -108,7 +109,11 @@ def score(
             # load_bundle logs one line on the providers in use, and a warning when CUDA was
             # requested explicitly but the sessions fell back to the CPU.
             # With Ray the driver only reads the bundle's id and labels; the actors run the graphs.
-            loaded = load_bundle(bundle, providers="cpu" if engine is EngineChoice.ray else providers.value)
+            loaded = load_bundle(
+                bundle,
+                providers="cpu" if engine is EngineChoice.ray else providers.value,
+                session_config=SessionConfig(intra_op_threads=onnx_threads),
+            )
     except (BundleError, FileNotFoundError, ValueError) as error:
         typer.echo(f"error: could not load bundle {bundle}: {error}", err=True)
         raise typer.Exit(2) from error
