@@ -238,3 +238,20 @@ def test_cli_exports_torchscript_and_int8(default_bundle, tmp_path):
     # INT8 changes the model, so its parity is recorded but only loosely bounded.
     for graph, parity in int8.manifest["parity"]["graphs"].items():
         assert parity["probs_max_abs_diff"] < 0.2, graph
+
+
+def test_cli_missing_checkpoint_fails_cleanly(tmp_path):
+    from drf_batch.cli import app
+
+    result = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "absent"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert "export failed: checkpoint config not found" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_rejects_unknown_quantization(tmp_path):
+    from drf_batch.cli import app
+
+    result = CliRunner().invoke(app, ["export-onnx", "--out", str(tmp_path / "b"), "--quantize", "int4"])
+    assert result.exit_code == 2
+    assert "unknown quantization 'int4'" in result.output

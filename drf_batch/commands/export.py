@@ -42,8 +42,8 @@ def export_onnx(
     parity_limit: int = typer.Option(32, "--parity-limit", min=1, help="Maximum number of posts read from --parity-data."),
 ) -> None:
     """Export a DRF checkpoint to three ONNX graphs, the tokenizer and manifest.json."""
-    from drf_batch.bundle import GRAPH_FILES
-    from drf_batch.export import ExportOptions, ParityError, export_bundle
+    from drf_batch.bundle import GRAPH_FILES, BundleError
+    from drf_batch.export import ExportError, ExportOptions, ParityError, export_bundle
     from drf_batch.export.parity import load_parity_posts
 
     try:
@@ -59,13 +59,13 @@ def export_onnx(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
 
-    posts = None
-    if parity_data is not None:
-        posts = load_parity_posts(parity_data, image_root=image_root, limit=parity_limit)
-
     try:
+        posts = None
+        if parity_data is not None:
+            posts = load_parity_posts(parity_data, image_root=image_root, limit=parity_limit)
         result = export_bundle(options, parity_posts=posts)
-    except ParityError as error:
+    except (ParityError, ExportError, BundleError, FileNotFoundError, FileExistsError, ValueError) as error:
+        # Expected failures (missing checkpoint, bad options, parity) get one message, no traceback.
         typer.secho(f"export failed: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from error
 
