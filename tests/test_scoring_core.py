@@ -283,3 +283,20 @@ def test_io_binding_path_used_on_request(image_root: Path) -> None:
     )
     assert session.bound == ["input_ids", "attention_mask"]
     assert scores.num_rows == 1
+
+
+def test_non_finite_probs_rejected(image_root: Path) -> None:
+    bundle = FakeBundle()
+    original_run = bundle.sessions["text_only"].run
+
+    def run_with_nan(output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = original_run(output_names, feeds)
+        outputs[0][0] = np.nan
+        return outputs
+
+    bundle.sessions["text_only"].run = run_with_nan  # type: ignore[method-assign]
+    batch = _batch(post_id=["a", "b"], text=["first text", "second text here"])
+    scores, rejects = score_record_batch(batch, bundle, context=_context(image_root))
+    assert scores.num_rows == 1
+    assert rejects.column("reason_code").to_pylist() == ["inference_failed"]
+    assert "non-finite" in rejects.column("reason").to_pylist()[0]

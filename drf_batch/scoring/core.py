@@ -301,6 +301,9 @@ class _GraphRunner:
             return
         probs, quality, branch_weights, low_quality = results
         for position, row in enumerate(rows):
+            if not np.isfinite(probs[position]).all():
+                self.outputs.failure[row] = f"{graph} graph returned non-finite probabilities {probs[position].tolist()}"
+                continue
             self.outputs.probs[row] = probs[position]
             self.outputs.quality[row] = quality[position]
             self.outputs.branch_weights[row] = branch_weights[position]
