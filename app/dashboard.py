@@ -62,7 +62,7 @@ def _select_scope(bundles: pd.DataFrame, all_runs: pd.DataFrame) -> tuple[querie
         bundle_ids,
         format_func=lambda value: f"{names[value]} ({value[:8]})",
         key="scope_bundle",
-        help="Scores are stored per post and bundle; every section except Runs shows one bundle.",
+        help="Scores are stored per post and bundle; every section except Runs and rejects shows one bundle.",
     )
     bundle_runs = all_runs[all_runs["bundle_id"] == bundle_id]
     run_id = st.sidebar.selectbox(
@@ -108,7 +108,7 @@ def main() -> None:
         _show_busy_note(options.db_path)
         return
     except duckdb.Error as error:
-        logger.exception("cannot read %s", options.db_path)
+        logger.exception("failed to read %s", options.db_path)
         st.error(f"Cannot read {options.db_path} as a DuckDB database: {error}")
         return
 

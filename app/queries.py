@@ -8,7 +8,6 @@ this module, and JSON keys of passed-through columns travel as bound JSON paths.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,8 +340,8 @@ def count_in_quality_range(
 def extra_keys(connection: duckdb.DuckDBPyConnection, scope: Scope) -> list[str]:
     """Return the passed-through column names found in a sample of the scope's `extra` values.
 
-    NOTE: only the first EXTRA_KEY_SAMPLE_ROWS rows of the scope are inspected, so a key that
-    appears only later in a large table is not offered.
+    NOTE: only EXTRA_KEY_SAMPLE_ROWS rows of the scope (whichever DuckDB reads first) are
+    inspected, so a key that appears in few rows of a large table may not be offered.
     """
     conditions, params = _scope_conditions(scope)
     conditions.append("extra IS NOT NULL")
@@ -549,11 +548,3 @@ def disagreement_page(
         """,
         [run_a, run_b, int(limit), int(offset)],
     ).df()
-
-
-def finite_or_none(value: Any) -> float | None:
-    """Return `value` as a float, or None when it is missing, NaN or infinite."""
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None

@@ -147,10 +147,16 @@ def machine_description() -> str:
     except (ValueError, OSError):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
+    description = (
         f"{cpu}, {os.cpu_count()} logical CPUs{memory}, {platform.system()} {platform.release()} "
         f"(1-minute load average {load:.1f} when the report was written)"
     )
+    if load > (os.cpu_count() or 1):
+        description += (
+            ". Other processes shared the CPUs during the run, so these times are higher than on an "
+            "idle machine of this size"
+        )
+    return description
 
 
 def render_report(
