@@ -151,12 +151,15 @@ def machine_description() -> str:
         f"{cpu}, {os.cpu_count()} logical CPUs{memory}, {platform.system()} {platform.release()} "
         f"(1-minute load average {load:.1f} when the report was written)"
     )
-    if load > (os.cpu_count() or 1):
-        description += (
-            ". Other processes shared the CPUs during the run, so these times are higher than on an "
-            "idle machine of this size"
-        )
     return description
+
+
+def load_note() -> str:
+    """Return a warning sentence when other processes kept the CPUs busy, else an empty string."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load <= (os.cpu_count() or 1):
+        return ""
+    return " Other processes shared the CPUs during the run, so these times are higher than on an idle machine of this size."
 
 
 def render_report(
@@ -167,7 +170,8 @@ def render_report(
         "# Dashboard query timings",
         "",
         f"Measured on {datetime.now(timezone.utc):%Y-%m-%d} with `python benchmarks/dashboard.py --rows {rows}` on "
-        f"{machine_description()}; DuckDB {duckdb.__version__}, Python {platform.python_version()}.",
+        f"{machine_description()}, with DuckDB {duckdb.__version__} and Python {platform.python_version()}."
+        + load_note(),
         "",
         f"The synthetic database holds {rows:,} scores of bundle A, {rows // 10:,} scores of bundle B for the same "
         f"posts (for the run comparison) and {max(rows // 200, 3):,} rejects; the file is {file_bytes / 2**30:.2f} GiB."
