@@ -255,3 +255,25 @@ def test_cli_rejects_unknown_quantization(tmp_path):
     result = CliRunner().invoke(app, ["export-onnx", "--out", str(tmp_path / "b"), "--quantize", "int4"])
     assert result.exit_code == 2
     assert "unknown quantization 'int4'" in result.output
+
+
+def test_export_graph_rejects_unwritten_opset(tmp_path):
+    from drf_batch.export.onnx_export import ExportError, export_graph
+
+    # An asymmetric pad, as in TensorFlow-style "same" convolutions: the exporter's converter has no
+    # opset 18 -> 17 adapter for Pad and keeps opset 18.
+    module = torch.nn.Sequential(
+        torch.nn.ZeroPad2d((0, 1, 0, 1)),
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.Flatten(1),
+        torch.nn.Softmax(-1),
+    )
+    with pytest.raises(ExportError, match="instead of the requested opset 17"):
+        export_graph(
+            module,
+            {"pixel_values": torch.randn(2, 3, 8, 8)},
+            tmp_path / "graph.onnx",
+            output_names=["probs"],
+            opset=17,
+            exporter="dynamo",
+        )

@@ -26,7 +26,7 @@ def export_onnx(
     quantized_out: Optional[Path] = typer.Option(
         None, "--quantized-out", help="Folder of the quantised bundle. Default: --out with '-int8' appended."
     ),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graphs (17 or newer)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graphs: 18 or newer with --exporter dynamo, 17 or newer with torchscript."),
     exporter: str = typer.Option(
         "dynamo", "--exporter", help="torch.onnx exporter: 'dynamo' (torch.export) or 'torchscript'."
     ),

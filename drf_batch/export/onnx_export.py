@@ -80,6 +80,17 @@ def export_graph(
 
     model = onnx.load(str(path))
     _check_exported(model, path, input_names, output_names)
+    written_opset = next(
+        (entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None
+    )
+    if written_opset != opset:
+        # torch 2.14.1's torch.export-based exporter builds opset 18 graphs. For a lower opset its
+        # version converter fails (no adapter for Pad), and it keeps opset 18 with only a warning.
+        raise ExportError(
+            f"the {exporter} exporter wrote opset {written_opset} instead of the requested opset "
+            f"{opset}; request opset {written_opset} or newer, or use `--exporter torchscript` for "
+            "an older opset"
+        )
     model.ir_version = TARGET_IR_VERSION
     onnx.save(model, str(path))
 
