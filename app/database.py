@@ -1,7 +1,7 @@
 """Read-only, short-lived DuckDB connections and a result cache that outlives a writer's lock.
 
-A scoring run holds DuckDB's exclusive file lock while it writes a batch, and DuckDB then rejects
-every other process, read-only ones included; a reader's open connection in turn makes the writer
+A scoring run takes DuckDB's exclusive file lock while it writes a batch, and DuckDB then rejects
+every other process, read-only ones included. In turn, a reader's open connection makes the writer
 wait. The dashboard therefore opens a connection per query and closes it at once. When a writer keeps
 the lock for longer than LOCK_WAIT_S, the dashboard serves the last result it loaded for the same
 query, marked as stale, or raises DatabaseBusyError for the page to show a note.

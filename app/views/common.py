@@ -16,7 +16,7 @@ from app.queries import Scope
 
 @dataclass
 class DashboardContext:
-    """What every section needs to query and render, plus the oldest stale result it showed."""
+    """Database, selection and query cache shared by the sections, with the load times of stale results shown."""
 
     db_path: Path
     image_root: Path | None

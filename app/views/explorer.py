@@ -54,8 +54,8 @@ FILTER_DEFAULTS: dict[str, Any] = {
 def persist_state() -> None:
     """Keep explorer widget values while another section is shown.
 
-    Streamlit drops the state of widgets that a run does not draw; assigning each value back to
-    itself marks it as set by the app, which keeps it.
+    Streamlit drops the state of widgets that a run does not draw. Assigning each value back to
+    itself marks it as set by the app, so Streamlit keeps it.
     """
     for key in list(st.session_state.keys()):
         if isinstance(key, str) and (key.startswith("filter_") or key.startswith("explorer_")):
