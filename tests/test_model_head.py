@@ -223,12 +223,37 @@ def test_training_step_skips_absent_features_in_queue() -> None:
 
 def test_freeze_statistics_stores_queue_moments() -> None:
     head = make_trained_head()
-    mu, sigma = head.queue_t.statistics()
+    queued = head.queued_features(head.queue_t)
+    mu = queued.mean(0)
+    sigma = torch.sqrt(((queued - mu) ** 2).sum(1).mean())
 
-    assert torch.allclose(head.mu_t, mu)
+    assert queued.shape == (BASE.queue_size, BASE.d)
+    assert torch.allclose(head.mu_t, mu, atol=1e-6)
     assert torch.allclose(head.sigma_t, sigma)
-    stored_log_p = log_gaussian(head.queue_t.stored(), mu, sigma)
+    stored_log_p = log_gaussian(queued, mu, sigma)
     assert math.isclose(float(head.enqueue_threshold_t), float(torch.log(stored_log_p.exp().mean())), rel_tol=1e-5)
+
+
+def test_queue_stores_encoder_features_by_default() -> None:
+    head = DRFHead(BASE)
+    head.train()
+    feat_v = torch.randn(16, IMAGE_DIM)
+
+    head(feat_v, torch.randn(16, TEXT_DIM), torch.ones(16), torch.ones(16))
+
+    assert torch.equal(head.queue_v.stored(), feat_v)
+    assert torch.allclose(head.queued_features(head.queue_v), head.project_image(feat_v))
+
+
+def test_queue_stores_projected_features_when_not_reprojected() -> None:
+    head = DRFHead(dataclasses.replace(BASE, reproject_queue=False))
+    head.train()
+    feat_v = torch.randn(16, IMAGE_DIM)
+
+    head(feat_v, torch.randn(16, TEXT_DIM), torch.ones(16), torch.ones(16))
+
+    assert head.queue_v.stored().shape == (16, BASE.d)
+    assert torch.allclose(head.queue_v.stored(), head.project_image(feat_v))
 
 
 def test_freeze_statistics_rejects_empty_queue() -> None:

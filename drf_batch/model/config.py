@@ -23,6 +23,10 @@ class DRFConfig:
     queue_size: int = 512
     dropout: float = 0.1
 
+    reproject_queue: bool = True
+    """Store encoder features in the queues and map them with the current projection at every
+    step. Off stores the projected features as they were when enqueued."""
+
     sample_recovery: bool = True
     """Train the converters to map each paired feature onto its partner (L^s terms)."""
     distribution_recovery: bool = True
@@ -33,6 +37,12 @@ class DRFConfig:
     """Expand a pair into paired, image and text branches; off keeps one branch per sample."""
     distribution_constraint: bool = True
     """Add L_dis, which pulls each feature to its own queue mean and away from the other one."""
+    recovery_feature_gradient: bool = True
+    """Let the sample-recovery loss L^s move the projected features as well as the converters.
+    Off detaches f_v and f_t inside L^s, so that only the converters learn from it."""
+    quality_weight_gradient: bool = True
+    """Backpropagate the classification loss through the branch weights into the features; off
+    treats the weights as constants of each step (stop-gradient)."""
     normalize_weights: bool = False
     """Divide the branch weights of a sample by their sum (a softmax over the log weights)."""
     relative_density: bool = True

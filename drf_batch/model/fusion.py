@@ -3,7 +3,8 @@
 A sample expands into three image–text pairs that share one three-layer MLP F:
     M = λ_vλ_t·p_v·p_t·F([f_v, f_t]) + λ_v·p_v·p_v→t·F([f_v, f_v→t]) + λ_t·p_t→v·p_t·F([f_t→v, f_t]).
 Branch weights are formed as exp of sums of log densities. The log densities are at most
--log(sqrt(2 pi) sigma) with sigma >= 1e-6, so a weight stays below about 2e11 and never overflows.
+-log(sqrt(2 pi) sigma), and quality.SIGMA_FLOOR keeps sigma >= 1e-6, so a weight stays below
+about 2e11 and never overflows.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The DRF head: projections, feature queues, converters, Gaussian quality, three-branch fusion
 and the classifier, on top of frozen or fine-tuned image and text encoders.
 
-Method: Zhang et al., "Multimodal Sentiment Analysis with Missing and Low-Quality Modalities via
-Distribution-based Feature Recovery and Fusion" (DRF), whose symbols the code uses. f_v and f_t
-are the image and text features in width d. λ_v and λ_t are 1 when the modality is present.
+Method: DRF (Distribution-based feature Recovery and Fusion), a method for robust sentiment
+analysis of image-text pairs whose symbols the code uses. f_v and f_t are the image and text
+features in width d. λ_v and λ_t are 1 when the modality is present.
 mu and sigma are a queue's mean and scalar spread. p_v_to_t is the density of C_v→t(f_v) under
 the text distribution, and the other densities are named the same way.
 """
@@ -11,6 +11,7 @@ the text distribution, and the other densities are named the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,7 @@ from drf_batch.model.converters import ModalityConverter
 from drf_batch.model.fusion import FusionMLP, branch_availability, branch_weights
 from drf_batch.model.losses import distribution_constraint, distribution_recovery, sample_recovery
 from drf_batch.model.quality import log_gaussian, log_gaussian_kernel, log_mean_density
-from drf_batch.model.queues import FeatureQueue
+from drf_batch.model.queues import FeatureQueue, queue_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,17 @@ class DRFHead(nn.Module):
         self.fusion = FusionMLP(d, config.hidden, config.dropout)
         self.classifier = nn.Linear(config.hidden, config.num_classes)
 
-        self.queue_v = FeatureQueue(config.queue_size, d)
-        self.queue_t = FeatureQueue(config.queue_size, d)
+        # NOTE: the DRF paper stores the encoders' features and fine-tunes the encoders at a
+        # learning rate of 2e-5, so its queues lag the encoders only slightly. Here a freshly
+        # initialised projection trains at 2e-4 and changes the feature scale several times
+        # over, and queues of projected features went stale: on separable synthetic features the
+        # gate rejected every new feature, the queue spread fell to a third of the features'
+        # spread, and accuracy fell from 100% to 68%. The queues therefore keep encoder features
+        # and apply the current projection whenever they are read (reproject_queue=False
+        # restores the paper's storage).
+        queue_dims = (config.image_dim, config.text_dim) if config.reproject_queue else (d, d)
+        self.queue_v = FeatureQueue(config.queue_size, queue_dims[0])
+        self.queue_t = FeatureQueue(config.queue_size, queue_dims[1])
 
         # Statistics used by the densities. Training refreshes them from the queues at every step;
         # freeze_statistics() fixes them for inference and export.
@@ -119,21 +129,26 @@ class DRFHead(nn.Module):
         self.input_scale_t.copy_(torch.as_tensor(scale_t, dtype=torch.float32).clamp_min(INPUT_SCALE_FLOOR))
 
     @torch.no_grad()
-    def refresh_statistics(self) -> None:
+    def refresh_statistics(self) -> dict[str, Tensor]:
         """Copy mu, sigma and the enqueue threshold log(mean_j p_j) of each queue into the buffers.
 
-        A queue with fewer than two features leaves its buffers unchanged.
+        Returns the queue features in width d by modality ("image", "text"). A queue with fewer
+        than two features leaves its buffers unchanged and is left out of the result.
         """
-        for queue, mu, sigma, threshold in (
-            (self.queue_v, self.mu_v, self.sigma_v, self.enqueue_threshold_v),
-            (self.queue_t, self.mu_t, self.sigma_t, self.enqueue_threshold_t),
+        queued_by_modality = {}
+        for name, queue, mu, sigma, threshold in (
+            ("image", self.queue_v, self.mu_v, self.sigma_v, self.enqueue_threshold_v),
+            ("text", self.queue_t, self.mu_t, self.sigma_t, self.enqueue_threshold_t),
         ):
             if len(queue) < MIN_QUEUE_FOR_STATISTICS:
                 continue
-            queue_mu, queue_sigma = queue.statistics()
+            queued = self.queued_features(queue)
+            queue_mu, queue_sigma = queue_statistics(queued)
             mu.copy_(queue_mu)
             sigma.copy_(queue_sigma)
-            threshold.copy_(log_mean_density(log_gaussian(queue.stored(), queue_mu, queue_sigma)))
+            threshold.copy_(log_mean_density(log_gaussian(queued, queue_mu, queue_sigma)))
+            queued_by_modality[name] = queued
+        return queued_by_modality
 
     def freeze_statistics(self) -> None:
         """Fix mu, sigma and the enqueue threshold of both queues for inference.
@@ -156,6 +171,26 @@ class DRFHead(nn.Module):
 
     # -- shared computation ------------------------------------------------------------------
 
+    def project_image(self, x: Tensor) -> Tensor:
+        """Map encoder image features [N, Dv] to f_v [N, d] (standardise, then project)."""
+        return self.project_v((x - self.input_mean_v) / self.input_scale_v)
+
+    def project_text(self, x: Tensor) -> Tensor:
+        """Map encoder text features [N, Dt] to f_t [N, d] (standardise, then project)."""
+        return self.project_t((x - self.input_mean_t) / self.input_scale_t)
+
+    def _queue_transform(self, queue: FeatureQueue) -> Callable[[Tensor], Tensor] | None:
+        if not self.config.reproject_queue:
+            return None
+        return self.project_image if queue is self.queue_v else self.project_text
+
+    @torch.no_grad()
+    def queued_features(self, queue: FeatureQueue) -> Tensor:
+        """Return the features of a queue in width d, detached ([count, d])."""
+        transform = self._queue_transform(queue)
+        stored = queue.stored()
+        return transform(stored) if transform is not None else stored.clone()
+
     def project(self, feat_v: Tensor, feat_t: Tensor, lam_v: Tensor, lam_t: Tensor) -> tuple[Tensor, Tensor]:
         """Return f_v and f_t in width d, exactly zero for absent modalities.
 
@@ -167,8 +202,8 @@ class DRFHead(nn.Module):
         x_v = torch.where(present_v, feat_v, torch.zeros_like(feat_v))
         x_t = torch.where(present_t, feat_t, torch.zeros_like(feat_t))
 
-        f_v = self.project_v((x_v - self.input_mean_v) / self.input_scale_v)
-        f_t = self.project_t((x_t - self.input_mean_t) / self.input_scale_t)
+        f_v = self.project_image(x_v)
+        f_t = self.project_text(x_t)
         f_v = torch.where(present_v, f_v, torch.zeros_like(f_v))
         f_t = torch.where(present_t, f_t, torch.zeros_like(f_t))
         return f_v, f_t
@@ -196,6 +231,8 @@ class DRFHead(nn.Module):
             log_weights = torch.stack(
                 [log_w_v + log_w_t, log_w_v + log_w_v_to_t, log_w_t_to_v + log_w_t], dim=-1
             )
+            if not config.quality_weight_gradient:
+                log_weights = log_weights.detach()
         else:
             log_weights = torch.zeros_like(available)
         weights = branch_weights(log_weights, available, normalize=config.normalize_weights)
@@ -242,40 +279,49 @@ class DRFHead(nn.Module):
         present_t = lam_t > 0.5
         # A queue too short for statistics takes this batch first, so the densities of the very
         # first steps are defined. Those features are not enqueued a second time below.
-        warmed_v = self._warm_up(self.queue_v, f_v[present_v])
-        warmed_t = self._warm_up(self.queue_t, f_t[present_t])
-        self.refresh_statistics()
+        reproject = self.config.reproject_queue
+        candidates_v = (feat_v if reproject else f_v)[present_v].detach()
+        candidates_t = (feat_t if reproject else f_t)[present_t].detach()
+        warmed_v = self._warm_up(self.queue_v, candidates_v)
+        warmed_t = self._warm_up(self.queue_t, candidates_t)
+        queued = self.refresh_statistics()
 
         output = self._fuse(f_v, f_t, lam_v, lam_t)
-        output.losses = self._auxiliary_losses(output, lam_v, lam_t)
+        output.losses = self._auxiliary_losses(output, lam_v, lam_t, queued)
 
+        # The gate uses the statistics of this step, read before the optimiser moves anything.
         if not warmed_v:
-            self.queue_v.enqueue(f_v[present_v])
+            statistics_v = (self.mu_v.clone(), self.sigma_v.clone(), self.enqueue_threshold_v.clone())
+            self.queue_v.enqueue(candidates_v, self._queue_transform(self.queue_v), statistics=statistics_v)
         if not warmed_t:
-            self.queue_t.enqueue(f_t[present_t])
+            statistics_t = (self.mu_t.clone(), self.sigma_t.clone(), self.enqueue_threshold_t.clone())
+            self.queue_t.enqueue(candidates_t, self._queue_transform(self.queue_t), statistics=statistics_t)
         return output
 
-    def _auxiliary_losses(self, output: DRFOutput, lam_v: Tensor, lam_t: Tensor) -> dict[str, Tensor]:
+    def _auxiliary_losses(
+        self, output: DRFOutput, lam_v: Tensor, lam_t: Tensor, queued: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         config = self.config
         losses: dict[str, Tensor] = {}
-        queues_ready = (
-            len(self.queue_v) >= MIN_QUEUE_FOR_STATISTICS and len(self.queue_t) >= MIN_QUEUE_FOR_STATISTICS
-        )
+        queues_ready = "image" in queued and "text" in queued
         if config.distribution_constraint and queues_ready:
             losses["dis"] = distribution_constraint(
                 output.f_v, output.f_t, self.mu_v, self.mu_t, lam_v, lam_t
             )
         if config.sample_recovery:
-            losses["rec_s_v_to_t"] = sample_recovery(output.f_v_to_t, output.f_t, lam_v, lam_t)
-            losses["rec_s_t_to_v"] = sample_recovery(output.f_t_to_v, output.f_v, lam_v, lam_t)
+            if config.recovery_feature_gradient:
+                f_v, f_t = output.f_v, output.f_t
+                f_v_to_t, f_t_to_v = output.f_v_to_t, output.f_t_to_v
+            else:
+                f_v, f_t = output.f_v.detach(), output.f_t.detach()
+                f_v_to_t, f_t_to_v = self.convert_v_to_t(f_v), self.convert_t_to_v(f_t)
+            losses["rec_s_v_to_t"] = sample_recovery(f_v_to_t, f_t, lam_v, lam_t)
+            losses["rec_s_t_to_v"] = sample_recovery(f_t_to_v, f_v, lam_v, lam_t)
         if config.distribution_recovery and queues_ready:
-            # Clones, because the enqueue after this step overwrites the queue buffers in place.
-            losses["rec_d_v_to_t"] = distribution_recovery(
-                self.convert_v_to_t(self.queue_v.stored().clone()), self.mu_t, self.sigma_t
-            )
-            losses["rec_d_t_to_v"] = distribution_recovery(
-                self.convert_t_to_v(self.queue_t.stored().clone()), self.mu_v, self.sigma_v
-            )
+            # The queued features are copies, because the enqueue after this step overwrites the
+            # queue buffers in place before the backward pass.
+            losses["rec_d_v_to_t"] = distribution_recovery(self.convert_v_to_t(queued["image"]), self.mu_t, self.sigma_t)
+            losses["rec_d_t_to_v"] = distribution_recovery(self.convert_t_to_v(queued["text"]), self.mu_v, self.sigma_v)
         return losses
 
     @staticmethod

@@ -2,18 +2,20 @@
 
 The queue's mean is mu and its spread sigma = sqrt(mean_j ||f_j - mu||^2) is one scalar per
 modality. Features enter in two phases. While the queue is not full, every present feature is
-enqueued, because the DRF paper (Zhang et al., "Multimodal Sentiment Analysis with Missing and
-Low-Quality Modalities via Distribution-based Feature Recovery and Fusion") does not say how a
-queue starts. Once it is full, a feature enters only if its density p exceeds the mean density
+enqueued, because the published DRF method does not say how a queue starts. Once it is full, a feature enters only if its density p exceeds the mean density
 of the features already in the queue, and then it replaces the oldest one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from drf_batch.model.quality import log_gaussian, log_mean_density
+
+Transform = Callable[[Tensor], Tensor]
 
 VARIANCE_EPSILON = 1e-12
 """Added under the square root of sigma so its gradient stays finite for a collapsed queue."""
@@ -57,11 +59,15 @@ class FeatureQueue(nn.Module):
         """Return the features now in the queue, [count, d]."""
         return self.features[: int(self.count)]
 
-    def statistics(self) -> tuple[Tensor, Tensor]:
-        """Return (mu, sigma) of the stored features; raises when the queue is empty."""
+    def statistics(self, transform: Transform | None = None) -> tuple[Tensor, Tensor]:
+        """Return (mu, sigma) of the stored features, mapped by `transform` when given.
+
+        Raises when the queue is empty.
+        """
         if int(self.count) == 0:
             raise RuntimeError("the feature queue is empty; enqueue features before asking for mu and sigma")
-        return queue_statistics(self.stored())
+        stored = self.stored()
+        return queue_statistics(transform(stored) if transform is not None else stored)
 
     def clear(self) -> None:
         self.features.zero_()
@@ -84,18 +90,35 @@ class FeatureQueue(nn.Module):
         self.count.fill_(min(self.size, int(self.count) + n))
 
     @torch.no_grad()
-    def enqueue(self, candidates: Tensor) -> int:
+    def enqueue(
+        self,
+        candidates: Tensor,
+        transform: Transform | None = None,
+        *,
+        statistics: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> int:
         """Fill the queue unconditionally until full, then enqueue only candidates whose log p is
-        above log(mean_j p_j) of the stored features. Returns how many candidates were enqueued."""
+        above log(mean_j p_j) of the stored features. Returns how many candidates were enqueued.
+
+        With `transform`, densities are computed on transformed stored features and candidates,
+        while the queue keeps the untransformed ones. `statistics` = (mu, sigma, threshold) of the
+        transformed stored features, when the caller has them, saves computing them again.
+        """
         if candidates.shape[0] == 0:
             return 0
         if not self.is_full:
             self.push(candidates)
             return int(candidates.shape[0])
 
-        stored = self.stored()
-        mu, sigma = queue_statistics(stored)
-        threshold = log_mean_density(log_gaussian(stored, mu, sigma))
-        accepted = candidates[log_gaussian(candidates, mu, sigma) > threshold]
+        if statistics is None:
+            stored = self.stored()
+            if transform is not None:
+                stored = transform(stored)
+            mu, sigma = queue_statistics(stored)
+            threshold = log_mean_density(log_gaussian(stored, mu, sigma))
+        else:
+            mu, sigma, threshold = statistics
+        mapped = transform(candidates) if transform is not None else candidates
+        accepted = candidates[log_gaussian(mapped, mu, sigma) > threshold]
         self.push(accepted)
         return int(accepted.shape[0])
