@@ -275,6 +275,18 @@ def test_plan_cpus_per_actor_cases() -> None:
         plan_cpus_per_actor(RayOptions(num_actors=100), 2)
 
 
+def _input_file(path: Path, *, stored: list[int], bytes_per_row: float = 10.0) -> Any:
+    from drf_batch.scoring.ray_workers import InputFile
+
+    return InputFile(
+        path=str(path),
+        num_rows=pq.ParquetFile(path).metadata.num_rows,
+        size_bytes=path.stat().st_size,
+        bytes_per_row=bytes_per_row,
+        stored_row_numbers=np.array(stored, dtype=np.int64),
+    )
+
+
 def test_datasource_numbers_rows_per_file(tmp_path: Path) -> None:
     if not _ray_available():
         pytest.skip(f"Ray Data is not installed; install it with {RAY_EXTRA_INSTALL}")
@@ -283,28 +295,27 @@ def test_datasource_numbers_rows_per_file(tmp_path: Path) -> None:
         BATCH_ROWS_COLUMN,
         BATCH_START_COLUMN,
         INPUT_PATH_COLUMN,
-        InputFile,
         PostsDatasource,
+        plan_row_ranges,
         split_batches,
     )
 
     path = tmp_path / "posts.parquet"
     pq.write_table(pa.table({"post_id": [f"p{index}" for index in range(25)]}), path, row_group_size=7)
-    stored = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9], dtype=np.int64)
-    datasource = PostsDatasource(
-        [InputFile(path=str(path), num_rows=25, size_bytes=path.stat().st_size, stored_row_numbers=stored)],
-        batch_size=BATCH_SIZE,
-    )
+    item = _input_file(path, stored=[0, 1, 2, 3, 4, 5, 6, 7, 9])
 
-    tasks = datasource.get_read_tasks(parallelism=4)
-    blocks = list(tasks[0]())
+    ranges = plan_row_ranges(item, batch_size=BATCH_SIZE, num_actors=1)
+    datasource = PostsDatasource(ranges, batch_size=BATCH_SIZE)
+    tasks = datasource.get_read_tasks(parallelism=1)
+    blocks = [block for task in tasks for block in task()]
 
-    assert len(tasks) == 1
+    # Rows 0-7 form a fully stored batch, so no task reads them.
+    assert [(part.start, part.stop) for part in ranges] == [(8, 16), (16, 24), (24, 25)]
+    assert len(tasks) == 3
     table = pa.concat_tables(blocks)
     assert table[ROW_NUMBER_COLUMN].to_pylist() == [8, *range(10, 25)]
     assert table["post_id"].to_pylist() == [f"p{index}" for index in [8, *range(10, 25)]]
     assert set(table[INPUT_PATH_COLUMN].to_pylist()) == {str(path)}
-    # Rows 0-7 form a fully stored batch, which is skipped without a block.
     assert [block[BATCH_START_COLUMN][0].as_py() for block in blocks] == [8, 16, 24]
     assert [block[BATCH_ROWS_COLUMN][0].as_py() for block in blocks] == [8, 8, 1]
 
@@ -314,6 +325,29 @@ def test_datasource_numbers_rows_per_file(tmp_path: Path) -> None:
         (16, 8, 8),
         (24, 1, 1),
     ]
+
+
+def test_plan_row_ranges_align_to_batches(tmp_path: Path) -> None:
+    if not _ray_available():
+        pytest.skip(f"Ray Data is not installed; install it with {RAY_EXTRA_INSTALL}")
+    from drf_batch.scoring.core import ROW_NUMBER_COLUMN
+    from drf_batch.scoring.ray_workers import BATCH_START_COLUMN, plan_row_ranges, read_row_range
+
+    path = tmp_path / "posts.parquet"
+    pq.write_table(pa.table({"post_id": [f"p{index}" for index in range(100)]}), path, row_group_size=30)
+    item = _input_file(path, stored=[])
+
+    # 13 batches over 4 tasks per actor: 4 batches (32 rows) per task.
+    ranges = plan_row_ranges(item, batch_size=BATCH_SIZE, num_actors=1)
+    blocks = [block for part in ranges for block in read_row_range(part, batch_size=BATCH_SIZE)]
+    # A row needing a whole task's memory budget gets one batch per task.
+    huge_rows = plan_row_ranges(_input_file(path, stored=[], bytes_per_row=1e9), batch_size=BATCH_SIZE, num_actors=1)
+
+    assert [(part.start, part.stop) for part in ranges] == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert pa.concat_tables(blocks)[ROW_NUMBER_COLUMN].to_pylist() == list(range(100))
+    assert [block[BATCH_START_COLUMN][0].as_py() for block in blocks] == list(range(0, 100, BATCH_SIZE))
+    assert [block.num_rows for block in blocks] == [BATCH_SIZE] * 12 + [4]
+    assert [part.stop - part.start for part in huge_rows] == [BATCH_SIZE] * 12 + [4]
 
 
 # -- with a local Ray instance ---------------------------------------------------------------------
@@ -326,14 +360,8 @@ def test_ray_engine_equals_local_engine(tmp_path: Path, bundle: Any, ray_local: 
     ray_db = tmp_path / "ray.duckdb"
     _score_locally(dump, bundle, local_db)
 
-    # One transaction per record batch, so the merge order decides which repeated post_id is the
-    # duplicate, as in the local engine.
     summaries = score_dump(
-        dump,
-        bundle,
-        ScoreStore(ray_db),
-        options=_run_options(),
-        ray_options=RayOptions(num_actors=2, merge_rows=BATCH_SIZE),
+        dump, bundle, ScoreStore(ray_db), options=_run_options(), ray_options=RayOptions(num_actors=2)
     )
 
     _assert_same_rows(
@@ -359,9 +387,28 @@ def test_ray_engine_equals_local_engine(tmp_path: Path, bundle: Any, ray_local: 
     assert all("CPUExecutionProvider" in run[4] for run in runs)
 
     partitions = default_output_dir(ray_db)
-    scores_written = pq.read_table(sorted(partitions.rglob("scores/*/*.parquet")))
-    rejects_written = pq.read_table(sorted(partitions.rglob("rejects/*/*.parquet")))
+    scores_written = pa.concat_tables([pq.read_table(path) for path in sorted(partitions.rglob("scores/*/*.parquet"))])
+    rejects_written = pa.concat_tables([pq.read_table(path) for path in sorted(partitions.rglob("rejects/*/*.parquet"))])
     assert scores_written.num_rows + rejects_written.num_rows == len(_input_positions(dump))
+
+
+@pytest.mark.slow
+def test_ray_engine_grouped_merge_same_rows(tmp_path: Path, bundle: Any, ray_local: Any) -> None:
+    dump = _make_dump(tmp_path / "dump")
+    local_db = tmp_path / "local.duckdb"
+    ray_db = tmp_path / "ray.duckdb"
+    _score_locally(dump, bundle, local_db)
+
+    score_dump(
+        dump, bundle, ScoreStore(ray_db), options=_run_options(), ray_options=RayOptions(num_actors=2, merge_rows=4096)
+    )
+
+    _assert_same_rows(
+        _rows(local_db, "scores", VOLATILE_SCORE_COLUMNS), _rows(ray_db, "scores", VOLATILE_SCORE_COLUMNS), "scores"
+    )
+    # Only the wording of a duplicate's reason may differ, when both rows share a transaction.
+    without_reason = (*VOLATILE_REJECT_COLUMNS, "reason")
+    _assert_same_rows(_rows(local_db, "rejects", without_reason), _rows(ray_db, "rejects", without_reason), "rejects")
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ actors. Each actor loads the bundle's onnxruntime sessions once and calls `score
 function the local engine calls. The driver receives each record batch's results in input order and:
 
 1. writes them as Parquet partitions under the output directory, named by input file and row range;
-2. merges them into the DuckDB file with `ScoreStore.write_batch`, one transaction per group of
-   consecutive batches of one file (`RayOptions.merge_rows`).
+2. merges them into the DuckDB file with `ScoreStore.write_batch`, one transaction per record batch
+   or per group of consecutive batches of one file (`RayOptions.merge_rows`).
 
 Every input file gets its own row in `runs`, with engine 'ray', so a directory of N files makes N
 runs, as N local runs would. Row numbers count rows within each input file, as the local engine does.
@@ -40,6 +40,7 @@ from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drf_batch import __version__
@@ -84,8 +85,12 @@ class RayOptions:
             DuckDB file.
         providers: onnxruntime providers request for the actors ('auto', 'cpu', 'cuda'); None
             means 'cuda' when `gpus_per_actor` is above 0, else 'auto'.
-        merge_rows: rows per DuckDB transaction on the driver. Consecutive record batches of one
-            input file are merged together up to this count.
+        merge_rows: None merges each record batch in its own DuckDB transaction, as the local
+            engine does. A number merges consecutive record batches of one input file together,
+            up to that many rows per transaction, which raises the driver's merge rate. The
+            stored rows stay the same, but the reason text of a `duplicate_post_id` reject then
+            says "an earlier row of this file" instead of naming the row when both rows share a
+            transaction.
     """
 
     address: str | None = None
@@ -94,7 +99,7 @@ class RayOptions:
     cpus_per_actor: float | None = None
     output_dir: Path | None = None
     providers: str | None = None
-    merge_rows: int = 4096
+    merge_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
@@ -103,7 +108,7 @@ class RayOptions:
             raise ValueError(f"gpus_per_actor must be 0 or more, got {self.gpus_per_actor}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise ValueError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
-        if self.merge_rows < 1:
+        if self.merge_rows is not None and self.merge_rows < 1:
             raise ValueError(f"merge_rows must be at least 1, got {self.merge_rows}")
 
 
@@ -162,6 +167,7 @@ class _FileRun:
     input_path: str
     num_rows: int
     columns: tuple[str, ...]
+    bytes_per_row: float
     run_id: str
     summary: RunSummary
     rows_skipped: int = 0
@@ -257,8 +263,9 @@ def _check_gpus(options: RayOptions, cluster_gpus: float) -> None:
 def _partition_path(output_dir: Path, *, bundle_id: str, table: str, input_path: str, first: int, last: int) -> Path:
     """Return the Parquet file for one record batch's scores or rejects.
 
-    The name depends only on the bundle, the input file and the batch's row range, so a batch that is
-    scored again after a crash replaces its earlier file instead of adding a second copy.
+    The name depends only on the bundle, the input file and the first and last row numbers in the
+    results, so a batch that is scored again after a crash replaces its earlier file instead of
+    adding a second copy.
     """
     source = Path(input_path)
     key = hashlib.sha256(input_path.encode("utf-8")).hexdigest()[:12]
@@ -281,7 +288,10 @@ def _prepare_files(
     opened = []
     for path in files:
         parquet_file, _ = open_posts_file(path)
-        opened.append((path, parquet_file.metadata.num_rows, tuple(parquet_file.schema_arrow.names)))
+        metadata = parquet_file.metadata
+        uncompressed = sum(metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups))
+        bytes_per_row = uncompressed / max(metadata.num_rows, 1)
+        opened.append((path, metadata.num_rows, tuple(parquet_file.schema_arrow.names), bytes_per_row))
 
     fields = _bundle_fields(bundle)
     store.initialize()
@@ -295,7 +305,7 @@ def _prepare_files(
         manifest=fields["manifest"],
     )
     runs = []
-    for path, num_rows, columns in opened:
+    for path, num_rows, columns, bytes_per_row in opened:
         input_path = str(path)
         run_id = uuid.uuid4().hex
         store.start_run(
@@ -325,6 +335,7 @@ def _prepare_files(
                 input_path=input_path,
                 num_rows=num_rows,
                 columns=columns,
+                bytes_per_row=bytes_per_row,
                 run_id=run_id,
                 summary=summary,
                 rows_skipped=len(stored),
@@ -451,23 +462,22 @@ def _run_pipeline(
         inference_batch_size=options.inference_batch_size,
         decode_threads=options.decode_threads,
     )
-    datasource = ray_workers.PostsDatasource(
-        [
-            ray_workers.InputFile(
-                path=run.input_path,
-                num_rows=run.num_rows,
-                size_bytes=run.path.stat().st_size,
-                stored_row_numbers=run.stored_row_numbers,
-            )
-            for run in runs
-        ],
-        batch_size=options.batch_size,
-    )
-    # One block count per read task stops Ray Data from splitting blocks, which would cut a record
-    # batch in two and change which texts share an inference chunk.
-    dataset = ray.data.read_datasource(
-        datasource, num_cpus=READ_TASK_CPUS, override_num_blocks=len(runs)
-    )
+    ranges = []
+    for run in runs:
+        item = ray_workers.InputFile(
+            path=run.input_path,
+            num_rows=run.num_rows,
+            size_bytes=run.path.stat().st_size,
+            bytes_per_row=run.bytes_per_row,
+            stored_row_numbers=run.stored_row_numbers,
+        )
+        ranges.extend(
+            ray_workers.plan_row_ranges(item, batch_size=options.batch_size, num_actors=ray_options.num_actors)
+        )
+    datasource = ray_workers.PostsDatasource(ranges, batch_size=options.batch_size)
+    # One block per read task stops Ray Data from splitting blocks, which would cut a record batch
+    # in two and change which texts share an inference chunk.
+    dataset = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, override_num_blocks=len(ranges))
     # Results must reach the driver in input order, because the merge order decides which repeated
     # post_id becomes the duplicate, and the local engine keeps the first occurrence in file order.
     dataset.context.execution_options.preserve_order = True
@@ -512,9 +522,9 @@ def _run_pipeline(
 class _Merger:
     """Writes each record batch's results as Parquet partitions and merges them into DuckDB.
 
-    Each record batch gets its own Parquet files at once. The DuckDB merge combines consecutive
-    batches of one input file into one `write_batch` transaction of up to `merge_rows` rows, because
-    the single database writer, not the actors, limits a large cluster.
+    Each record batch gets its own Parquet files at once. With `merge_rows` set, the DuckDB merge
+    combines consecutive batches of one input file into one `write_batch` transaction of up to that
+    many rows, because the single database writer, not the actors, limits a large cluster.
     The Parquet files are written before the merge. After a crash between the two steps, the re-run
     scores those batches again and replaces the same files, so neither output contains a row twice.
     """
@@ -526,7 +536,7 @@ class _Merger:
         output_dir: Path,
         bundle_id: str,
         run_ids: dict[str, str],
-        merge_rows: int,
+        merge_rows: int | None,
         progress: ProgressCallback | None,
     ) -> None:
         self.store = store
@@ -545,10 +555,13 @@ class _Merger:
         from drf_batch.scoring import ray_workers
 
         input_path = row[ray_workers.INPUT_PATH_COLUMN]
-        first = row[ray_workers.BATCH_START_COLUMN]
-        last = first + row[ray_workers.BATCH_ROWS_COLUMN] - 1
         scores = ray_workers.from_ipc(row["scores_ipc"])
         rejects = ray_workers.from_ipc(row["rejects_ipc"])
+        row_numbers = pa.concat_arrays(
+            [scores["row_number"].combine_chunks(), rejects["row_number"].combine_chunks()]
+        )
+        first = pc.min(row_numbers).as_py()
+        last = pc.max(row_numbers).as_py()
         for name, table in (("scores", scores), ("rejects", rejects)):
             if table.num_rows:
                 path = _partition_path(
@@ -568,7 +581,7 @@ class _Merger:
         self.scores.append(scores)
         self.rejects.append(rejects)
         self.rows += scores.num_rows + rejects.num_rows
-        if self.rows >= self.merge_rows:
+        if self.merge_rows is None or self.rows >= self.merge_rows:
             self.flush()
 
     def flush(self) -> None:

@@ -3,15 +3,19 @@
 This module imports Ray at the top, so only `drf_batch.scoring.ray_engine` imports it, after it has
 checked that Ray is installed.
 
-The datasource reads each input file with the same `ParquetFile.iter_batches` call as the local
-engine, so every record batch contains the same rows as the local engine's batch at the same position.
-The scoring core pads texts to the longest text of each inference chunk, so the same batches make the
-same chunks, which is what makes the two engines' numbers identical rather than merely close.
+The datasource cuts each input file into the local engine's record batches: rows
+[k * batch_size, (k + 1) * batch_size), the batches that `ParquetFile.iter_batches` yields over a whole
+file. The scoring core pads texts to the longest text of each inference chunk, so the same batches
+make the same chunks, which is what makes the two engines' numbers identical rather than merely close.
+NOTE: this relies on pyarrow yielding full batches up to the end of a file, as pyarrow 26 does
+across row groups. A shorter batch in mid-file would change which texts share an inference chunk,
+so scores could then differ from the local engine's in the last bits.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +57,15 @@ their exact schemas, and lets the driver write each batch in one database transa
 """
 
 
+TASK_BYTES = 64 * 1024 * 1024
+"""Largest estimated in-memory size of one read task's rows. Ray Data (2.60) coalesces a task's
+small blocks into one and slices any block above 1.5 x its 128 MiB target, and a slice could cut
+a record batch in two, so each task stays well below that."""
+
+TASKS_PER_ACTOR = 4
+"""Read tasks per actor and file when a file is small, so that every actor gets work."""
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One Parquet input file and the rows of it that an earlier run already stored."""
@@ -60,23 +73,55 @@ class InputFile:
     path: str
     num_rows: int
     size_bytes: int
+    bytes_per_row: float
+    """Uncompressed size per row from the Parquet metadata, an estimate of the in-memory size."""
     stored_row_numbers: np.ndarray = field(repr=False)
 
 
+@dataclass(frozen=True)
+class RowRange:
+    """Rows [start, stop) of one input file that one read task reads."""
+
+    item: InputFile
+    start: int
+    stop: int
+
+
+def plan_row_ranges(item: InputFile, *, batch_size: int, num_actors: int) -> list[RowRange]:
+    """Cut a file into read tasks at record batch boundaries, leaving out ranges already stored.
+
+    Each range starts at a multiple of `batch_size`, so that it yields exactly the local engine's
+    record batches, which are rows [k * batch_size, (k + 1) * batch_size) of the file.
+    """
+    batches = max(1, math.ceil(item.num_rows / batch_size))
+    by_parallelism = math.ceil(batches / (TASKS_PER_ACTOR * num_actors))
+    by_size = max(1, int(TASK_BYTES // max(item.bytes_per_row * batch_size, 1.0)))
+    rows_per_task = batch_size * max(1, min(by_parallelism, by_size))
+
+    stored = item.stored_row_numbers
+    ranges = []
+    for start in range(0, item.num_rows, rows_per_task):
+        stop = min(start + rows_per_task, item.num_rows)
+        already = int(np.searchsorted(stored, stop) - np.searchsorted(stored, start))
+        if already < stop - start:
+            ranges.append(RowRange(item=item, start=start, stop=stop))
+    return ranges
+
+
 class PostsDatasource(Datasource):
-    """Reads posts Parquet files, one read task per file, and adds row numbers and the file path.
+    """Reads posts Parquet files in row ranges, and adds row numbers and the file path.
 
     Rows already stored for the bundle are dropped here, before they reach an actor, and a record
     batch whose rows are all stored is skipped entirely, the way the local engine skips it.
     """
 
-    def __init__(self, files: Sequence[InputFile], *, batch_size: int) -> None:
+    def __init__(self, ranges: Sequence[RowRange], *, batch_size: int) -> None:
         super().__init__()
-        self._files = list(files)
+        self._ranges = list(ranges)
         self._batch_size = batch_size
 
     def estimate_inmemory_data_size(self) -> int | None:
-        return sum(item.size_bytes for item in self._files)
+        return int(sum((part.stop - part.start) * part.item.bytes_per_row for part in self._ranges))
 
     def get_read_tasks(
         self,
@@ -84,19 +129,19 @@ class PostsDatasource(Datasource):
         per_task_row_limit: int | None = None,
         data_context: Any = None,
     ) -> list[ReadTask]:
-        # One task per file: a file's batch boundaries must match the local engine's, and those come
-        # from one `iter_batches` pass over the whole file. Blocks still spread over all actors.
+        # The ranges were planned on the driver; `parallelism` is ignored, and the caller passes
+        # override_num_blocks=len(ranges) so that Ray Data does not split blocks.
         tasks = []
-        for item in self._files:
+        for part in self._ranges:
             metadata = BlockMetadata(
-                num_rows=item.num_rows - len(item.stored_row_numbers),
-                size_bytes=item.size_bytes,
-                input_files=[item.path],
+                num_rows=part.stop - part.start,
+                size_bytes=int((part.stop - part.start) * part.item.bytes_per_row),
+                input_files=[part.item.path],
                 exec_stats=None,
             )
             tasks.append(
                 ReadTask(
-                    lambda item=item: _read_file(item, batch_size=self._batch_size),
+                    lambda part=part: read_row_range(part, batch_size=self._batch_size),
                     metadata,
                     per_task_row_limit=per_task_row_limit,
                 )
@@ -104,20 +149,47 @@ class PostsDatasource(Datasource):
         return tasks
 
 
-def _read_file(item: InputFile, *, batch_size: int) -> Iterator[pa.Table]:
-    """Yield one block per record batch that has rows still to score."""
-    stored = np.zeros(item.num_rows, dtype=bool)
-    stored[item.stored_row_numbers] = True
-    parquet_file = pq.ParquetFile(item.path)
-    offset = 0
-    for batch in parquet_file.iter_batches(batch_size=batch_size, use_threads=False):
-        count = batch.num_rows
+def _read_rows(path: str, start: int, stop: int, *, batch_size: int) -> pa.Table:
+    """Read rows [start, stop) of a Parquet file, decoding only the row groups that contain them."""
+    parquet_file = pq.ParquetFile(path)
+    metadata = parquet_file.metadata
+    group_starts = np.cumsum([0] + [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)])
+    first_group = int(np.searchsorted(group_starts, start, side="right") - 1)
+    last_group = int(np.searchsorted(group_starts, stop - 1, side="right") - 1)
+
+    pieces = []
+    position = int(group_starts[first_group])
+    for batch in parquet_file.iter_batches(
+        batch_size=batch_size, row_groups=list(range(first_group, last_group + 1)), use_threads=False
+    ):
+        batch_start = position
+        position += batch.num_rows
+        low = max(start, batch_start)
+        high = min(stop, position)
+        if low < high:
+            pieces.append(batch.slice(low - batch_start, high - low))
+        if position >= stop:
+            break
+    return pa.Table.from_batches(pieces, schema=parquet_file.schema_arrow)
+
+
+def read_row_range(part: RowRange, *, batch_size: int) -> Iterator[pa.Table]:
+    """Yield one table per record batch of the range that has rows still to score."""
+    item = part.item
+    rows = _read_rows(item.path, part.start, part.stop, batch_size=batch_size)
+    stored = np.zeros(part.stop - part.start, dtype=bool)
+    in_range = item.stored_row_numbers[
+        (item.stored_row_numbers >= part.start) & (item.stored_row_numbers < part.stop)
+    ]
+    stored[in_range - part.start] = True
+
+    for offset in range(0, rows.num_rows, batch_size):
+        table = rows.slice(offset, batch_size)
+        count = table.num_rows
         pending = ~stored[offset : offset + count]
-        start = offset
-        offset += count
         if not pending.any():
             continue
-        table = pa.Table.from_batches([batch])
+        start = part.start + offset
         table = table.append_column(
             ROW_NUMBER_COLUMN, pa.array(np.arange(start, start + count, dtype=np.int64))
         )
@@ -126,7 +198,7 @@ def _read_file(item: InputFile, *, batch_size: int) -> Iterator[pa.Table]:
         table = table.append_column(BATCH_ROWS_COLUMN, pa.array([count] * count, pa.int64()))
         if not pending.all():
             table = table.filter(pa.array(pending))
-        yield table
+        yield table.combine_chunks()
 
 
 @dataclass(frozen=True)
