@@ -441,19 +441,22 @@ def export_posts(
 
 def image_bytes_from_input(
     connection: duckdb.DuckDBPyConnection, input_path: str, row_numbers: tuple[int, ...]
-) -> dict[int, bytes]:
-    """Read `image_bytes` of the given 0-based rows back from the input Parquet that a run scored."""
+) -> dict[int, tuple[str | None, bytes]]:
+    """Read (post_id, image_bytes) of the given 0-based rows back from the input Parquet of a run.
+
+    The post_id lets the caller check that the file still has the same rows as when it was scored.
+    """
     if not row_numbers:
         return {}
     rows = connection.execute(
         """
-        SELECT file_row_number, image_bytes
+        SELECT file_row_number, CAST(post_id AS VARCHAR), image_bytes
         FROM read_parquet(?, file_row_number = true)
         WHERE list_contains(?::BIGINT[], file_row_number) AND image_bytes IS NOT NULL
         """,
         [input_path, list(row_numbers)],
     ).fetchall()
-    return {int(number): bytes(data) for number, data in rows}
+    return {int(number): (post_id, bytes(data)) for number, post_id, data in rows}
 
 
 def input_has_image_bytes(connection: duckdb.DuckDBPyConnection, input_path: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -145,3 +146,27 @@ def test_dashboard_during_scoring_run(monkeypatch, default_bundle, tmp_path):
     rows_scored = query_one(db_path, "SELECT rows_scored FROM runs")[0]
     assert {metric.label: metric.value for metric in app.metric}["Posts scored"] == f"{rows_scored:,}"
     assert not any("Scoring in progress" in info.value for info in app.info)
+
+
+def test_scored_explorer_detects_changed_input(monkeypatch, scored_db, tmp_path):
+    post_id, row_number = query_one(
+        scored_db,
+        "SELECT post_id, row_number FROM scores WHERE image_path IS NULL AND image_state IN ('ok', 'low_quality')",
+    )
+    moved_db = tmp_path / "scores.duckdb"
+    changed_input = tmp_path / "posts.parquet"
+    shutil.copy(scored_db, moved_db)
+    with duckdb.connect(str(moved_db)) as connection:
+        connection.execute("UPDATE scores SET input_path = ?", [str(changed_input)])
+        connection.execute(
+            "COPY (SELECT * REPLACE ('other-' || post_id AS post_id) FROM read_parquet(?)) TO ? (FORMAT parquet)",
+            [str(SAMPLE_POSTS), str(changed_input)],
+        )
+
+    app = start_app(monkeypatch, moved_db, SAMPLE_IMAGES)
+    app.sidebar.radio(key="section").set_value("Post explorer").run()
+    app.text_input(key="filter_post_id").set_value(post_id).run()
+
+    assert row_number is not None
+    assert not app.get("image")
+    assert any("changed since scoring" in caption.value for caption in app.caption)

@@ -166,10 +166,12 @@ def _image_root(context: DashboardContext, input_path: str) -> Path | None:
     return resolved.parent if resolved is not None else None
 
 
-def _image_bytes_for_page(context: DashboardContext, page: pd.DataFrame) -> dict[tuple[str, int], bytes]:
+def _image_bytes_for_page(
+    context: DashboardContext, page: pd.DataFrame
+) -> dict[tuple[str, int], tuple[str | None, bytes]]:
     """Read the embedded image bytes of a page's posts that have an image but no image_path."""
     wanted = page[page["image_path"].isna() & page["image_state"].isin(["ok", "low_quality", "unreadable"])]
-    found: dict[tuple[str, int], bytes] = {}
+    found: dict[tuple[str, int], tuple[str | None, bytes]] = {}
     for input_path, group in wanted.groupby("input_path"):
         resolved = _resolve_input_path(str(input_path), context.db_path)
         if resolved is None or not context.query(queries.input_has_image_bytes, str(resolved)):
@@ -180,14 +182,21 @@ def _image_bytes_for_page(context: DashboardContext, page: pd.DataFrame) -> dict
     return found
 
 
-def _thumbnail(context: DashboardContext, post: pd.Series, embedded: dict[tuple[str, int], bytes]) -> thumbnails.Thumbnail:
+def _thumbnail(
+    context: DashboardContext, post: pd.Series, embedded: dict[tuple[str, int], tuple[str | None, bytes]]
+) -> thumbnails.Thumbnail:
     if post["image_state"] == "missing":
         return thumbnails.Thumbnail(None, "no image")
     if isinstance(post["image_path"], str) and post["image_path"]:
         return thumbnails.thumbnail_from_path(post["image_path"], _image_root(context, str(post["input_path"])))
     key = (str(post["input_path"]), int(post["row_number"]))
     if key in embedded:
-        return thumbnails.thumbnail_from_bytes(embedded[key])
+        post_id, data = embedded[key]
+        if post_id != post["post_id"]:
+            return thumbnails.Thumbnail(
+                None, f"the input Parquet changed since scoring: row {key[1]} now has post_id {post_id!r}"
+            )
+        return thumbnails.thumbnail_from_bytes(data)
     return thumbnails.Thumbnail(None, "image bytes not found: the run's input Parquet is not readable from here")
 
 
