@@ -16,7 +16,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -37,6 +37,9 @@ torch.export-based exporter writes, and the graphs use no feature newer than tha
 
 BATCH_AXIS = "batch"
 SEQUENCE_AXIS = "seq"
+
+EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
+"""Loggers of the torch.export-based exporter whose INFO lines are hidden during export."""
 
 INPUT_AXES = {
     "pixel_values": {0: BATCH_AXIS},
@@ -111,8 +114,13 @@ def _export_dynamo(
     )
     progress = io.StringIO()
     try:
-        # The exporter prints its progress and warns about the shared axis names; keep the CLI quiet.
-        with contextlib.redirect_stdout(progress), warnings.catch_warnings():
+        # The exporter prints its progress and warns about the shared axis names, and its graph
+        # passes log one INFO line per folded constant; keep the CLI quiet.
+        with (
+            contextlib.redirect_stdout(progress),
+            warnings.catch_warnings(),
+            _loggers_at_warning(EXPORTER_LOGGERS),
+        ):
             warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(
                 module,
@@ -133,6 +141,19 @@ def _export_dynamo(
     if program is None:
         raise ExportError(f"torch.onnx.export returned no program for {type(module).__name__}")
     program.save(str(path), external_data=False)
+
+
+@contextlib.contextmanager
+def _loggers_at_warning(names: Sequence[str]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for item, level in zip(loggers, levels):
+            item.setLevel(level)
 
 
 def _export_torchscript(
