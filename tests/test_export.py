@@ -277,3 +277,15 @@ def test_export_graph_rejects_unwritten_opset(tmp_path):
             opset=17,
             exporter="dynamo",
         )
+
+
+def test_load_parity_posts_from_parquet():
+    posts_path = Path(__file__).resolve().parent.parent / "sample_data" / "posts.parquet"
+    if not posts_path.is_file():
+        pytest.skip(f"{posts_path} not found; run sample_data/make_sample_data.py")
+    posts = load_parity_posts(posts_path, image_root=posts_path.parent / "images", limit=100)
+    post_ids = [post.post_id for post in posts]
+    assert len(post_ids) == len(set(post_ids))
+    assert all(post.image is not None or post.text is not None for post in posts)
+    assert any(post.image is None for post in posts)
+    assert any(post.text is None for post in posts)
