@@ -80,7 +80,7 @@ def dashboard_url(scored_db: Path, tmp_path: Path) -> Iterator[str]:
 def flagged_filter(db_path: Path) -> tuple[str, str, int]:
     """Choose a state filter whose posts include a flagged post with an image.
 
-    Returns the filter's label, the state and how many posts have that state. An image flagged as
+    Returns the modality, the state and how many posts have that state. An image flagged as
     low_quality is preferred, then an image post whose text is flagged.
     """
     with duckdb.connect(str(db_path), read_only=True) as connection:
