@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,18 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> 
     raise AssertionError(f"the dashboard at {url} did not become healthy within {timeout_s:.0f} s")
 
 
+def stop_process_group(server: subprocess.Popen) -> None:
+    """Send SIGTERM to the server's process group, then SIGKILL if it is still running after 20 s."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 @pytest.fixture
 def dashboard_url(scored_db: Path, tmp_path: Path) -> Iterator[str]:
     """Start `drf-batch dashboard` on the scored demo database at 127.0.0.1 and a free port."""
@@ -63,18 +76,14 @@ def dashboard_url(scored_db: Path, tmp_path: Path) -> Iterator[str]:
     ]  # fmt: skip
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        # A session of its own lets the cleanup stop every process the command started.
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, server, SERVER_START_TIMEOUT_S)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process_group(server)
 
 
 def flagged_filter(db_path: Path) -> tuple[str, str, int]:

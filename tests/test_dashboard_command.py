@@ -65,10 +65,16 @@ def test_dashboard_runs_streamlit(monkeypatch, tmp_path):
         launched.append(command)
         return Completed()
 
+    def fake_execv(path, command):
+        launched.append(command)
+        raise SystemExit(0)
+
     monkeypatch.setattr(dashboard.subprocess, "run", fake_run)
+    monkeypatch.setattr(dashboard.os, "execv", fake_execv)
     result = CliRunner().invoke(app, ["dashboard", "--db", str(db_path), "--port", "9000"])
 
     assert result.exit_code == 0, result.output
     assert len(launched) == 1
+    assert launched[0][0] == sys.executable
     assert launched[0][launched[0].index("--db") + 1] == str(db_path.resolve())
     assert launched[0][launched[0].index("--server.port") + 1] == "9000"

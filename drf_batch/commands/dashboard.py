@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,12 @@ def dashboard(
 
     command = streamlit_command(app_script=APP_SCRIPT, db=db, image_root=image_root, host=host, port=port)
     logger.info("starting the dashboard on http://%s:%d for %s", host, port, db)
+    if os.name == "posix":
+        # Replace this process with Streamlit, so that a signal sent to `drf-batch dashboard`
+        # (Ctrl+C, SIGTERM from a supervisor) stops the server instead of orphaning it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
     try:
         completed = subprocess.run(command, check=False)
     except KeyboardInterrupt:
