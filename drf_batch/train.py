@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -38,6 +38,9 @@ from drf_batch.images import load_image, preprocess_image, read_image_bytes
 from drf_batch.metrics import ClassificationMetrics, classification_metrics
 from drf_batch.model import DRFConfig, DRFHead, DRFOutput
 from drf_batch.texts import tokenize_texts
+
+if TYPE_CHECKING:
+    from drf_batch.evaluation.training import TrainingDisruption
 
 logger = logging.getLogger(__name__)
 
@@ -638,14 +641,18 @@ def train_model(
     cache: FeatureCache | None = None,
     device: str | None = None,
     progress: bool = True,
+    disruption: TrainingDisruption | None = None,
 ) -> TrainRun:
     """Train DRF on labelled posts (an MVSA-style folder or a labelled Parquet) into `output`.
 
     Frozen mode encodes every post once through `cache` (None encodes without caching) and trains
     the head. With `finetune_encoders` the encoders train end to end with the head, starting from
     the same features for the input standardisation. Selects the epoch by val weighted F1,
-    reports test metrics and stores them in the checkpoint's training record.
+    reports test metrics and stores them in the checkpoint's training record. `disruption`
+    corrupts or discards modalities of the encoded posts first (frozen mode only).
     """
+    if disruption is not None and finetune_encoders:
+        raise ValueError("training under disruption needs frozen encoders; leave out --finetune-encoders")
     started = time.perf_counter()
     labels_order = LABELS
     posts = load_labelled_posts(Path(source), labels=labels_order)
@@ -658,6 +665,9 @@ def train_model(
     image_module = build_image_encoder(image_encoder, weights=image_weights).to(target)
     text_module = build_text_encoder(text_encoder).to(target)
     features = encode_posts(posts, image_module, text_module, image_root=image_root, cache=cache, progress=progress)
+    if disruption is not None:
+        features = disruption.apply(features, posts, image_module, text_module, image_root=image_root, cache=cache,
+                                    progress=progress)
     labels = label_indices(posts, labels_order)
     rows = split_rows(posts, features.image_present | features.text_present)
 
@@ -684,6 +694,7 @@ def train_model(
         "device": str(target),
         "torch_threads": torch.get_num_threads(),
         "drf_batch_version": __version__,
+        "disruption": disruption.to_dict() if disruption is not None else None,
     }
     config = save_checkpoint(
         Path(output),

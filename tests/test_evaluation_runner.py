@@ -150,3 +150,35 @@ def test_run_grid_rows_cover_models_settings_seeds() -> None:
     }
     clean_drf = [row for row in results.rows if row["model"] == "drf" and row["setting"] == "clean"]
     assert all(row["accuracy"] > 0.5 for row in clean_drf)
+
+
+def test_saved_banks_round_trip(tmp_path) -> None:  # noqa: ANN001
+    from drf_batch.evaluation.parallel import load_banks, save_banks
+
+    banks = {"train": _bank(9, 0, 0), "val": _bank(6, 100, 1), "test": _bank(6, 200, 2)}
+    blanks = BlankFeatures(np.ones(IMAGE_DIM, np.float32), np.zeros(TEXT_DIM, np.float32))
+
+    save_banks(tmp_path, banks, blanks)
+    loaded, loaded_blanks = load_banks(tmp_path)
+
+    assert loaded["val"].post_ids == banks["val"].post_ids
+    assert np.array_equal(loaded["train"].corrupted_image, banks["train"].corrupted_image)
+    assert np.array_equal(loaded["test"].image_present, banks["test"].image_present)
+    assert np.array_equal(loaded_blanks.image, blanks.image)
+
+
+def test_run_grid_in_processes_matches_sequential() -> None:
+    banks = {"train": _bank(60, 0, 0), "val": _bank(30, 100, 1), "test": _bank(30, 200, 2)}
+    blanks = BlankFeatures(np.zeros(IMAGE_DIM, np.float32), np.zeros(TEXT_DIM, np.float32))
+    spec = GridSpec(models=("drf", "concat"), ablations=(), seeds=(0,), kinds=("D",), rates=(0.4,))
+    training = GridTraining(epochs=3, d=8, hidden=8)
+
+    sequential = run_grid(spec, banks, blanks=blanks, num_classes=3, training=training,
+                          train_function=_train_briefly, progress=False)
+    parallel = run_grid(spec, banks, blanks=blanks, num_classes=3, training=training,
+                        train_function=_train_briefly, progress=False, workers=2)
+
+    assert [row["setting"] for row in parallel.rows] == [row["setting"] for row in sequential.rows]
+    for ours, theirs in zip(parallel.rows, sequential.rows):
+        assert ours["accuracy"] == pytest.approx(theirs["accuracy"], abs=0.05)
+    assert parallel.confusions.keys() == sequential.confusions.keys()

@@ -50,6 +50,9 @@ def evaluate(
         "the val split and written into it, so `drf-batch export-onnx` embeds them.",
     ),
     threads: int = typer.Option(0, min=0, help="PyTorch CPU threads for training; 0 keeps PyTorch's default."),
+    workers: int = typer.Option(
+        1, min=1, help="Processes that train grid heads in parallel, each with one torch thread."
+    ),
 ) -> None:
     """Train DRF, its ablations and baselines under corrupted and missing modalities, and report.
 
@@ -96,6 +99,7 @@ def evaluate(
         quick_posts=quick_posts if quick else None,
         calibrate=calibrate,
         threads=threads,
+        workers=workers,
     )
     summary = run_evaluation(options)
     typer.echo(summary)

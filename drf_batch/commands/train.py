@@ -60,6 +60,21 @@ def train(
     normalize_weights: bool = typer.Option(
         False, "--normalize-weights/--no-normalize-weights", help="Make a post's branch weights sum to 1."
     ),
+    recovery_feature_gradient: bool = typer.Option(
+        True,
+        "--recovery-feature-gradient/--no-recovery-feature-gradient",
+        help="Let L^s move the projected features; off trains only the converters with it.",
+    ),
+    quality_weight_gradient: bool = typer.Option(
+        True,
+        "--quality-weight-gradient/--no-quality-weight-gradient",
+        help="Backpropagate through the branch weights; off treats them as constants of each step.",
+    ),
+    reproject_queue: bool = typer.Option(
+        True,
+        "--reproject-queue/--no-reproject-queue",
+        help="Queues store encoder features and apply the current projection; off stores projected features.",
+    ),
     cache_dir: Optional[Path] = typer.Option(
         None, "--cache-dir", help="Feature cache folder. Default: $DRF_BATCH_CACHE/features or ~/.cache/drf-batch/features."
     ),
@@ -67,6 +82,20 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="Torch device, e.g. cpu or cuda. Default: cuda when available."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch. Default: torch's choice."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    disruption: Optional[str] = typer.Option(
+        None,
+        "--disruption",
+        help="Disrupt modalities: 'random' disrupts a random modality of a fraction --dr of the posts of every "
+        "split; 'fixed' disrupts --modality in every test post only. Default: no disruption.",
+    ),
+    setting: str = typer.Option(
+        "C+D", "--setting", help="With --disruption: C corrupts (40-80% of pixels or words masked), D discards, "
+        "C+D does each to half of the disrupted posts."
+    ),
+    dr: float = typer.Option(0.4, "--dr", help="With --disruption random: the fraction of posts disrupted, in [0, 1]."),
+    modality: Optional[str] = typer.Option(
+        None, "--modality", help="With --disruption fixed: the modality to disrupt, image or text."
+    ),
 ) -> None:
     """Train a DRF model on labelled posts: select the epoch by val weighted F1, report test metrics."""
     import torch
@@ -100,8 +129,21 @@ def train(
         "expansion": expansion,
         "distribution_constraint": distribution_constraint,
         "normalize_weights": normalize_weights,
+        "recovery_feature_gradient": recovery_feature_gradient,
+        "quality_weight_gradient": quality_weight_gradient,
+        "reproject_queue": reproject_queue,
     }
     cache = None if no_cache else FeatureCache(cache_dir)
+    training_disruption = None
+    if disruption is not None:
+        from drf_batch.evaluation.training import TrainingDisruption
+
+        if finetune_encoders:
+            raise typer.BadParameter("--disruption needs frozen encoders; leave out --finetune-encoders")
+        try:
+            training_disruption = TrainingDisruption(mode=disruption, setting=setting, dr=dr, modality=modality, seed=seed)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
 
     try:
         run = train_model(
@@ -116,6 +158,7 @@ def train(
             cache=cache,
             device=device,
             progress=progress,
+            disruption=training_disruption,
         )
     except (LabelledDataError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)

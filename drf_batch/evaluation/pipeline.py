@@ -44,6 +44,7 @@ class EvaluationOptions:
     """Take only this many posts from each split (a smoke run); None takes all."""
     calibrate: Path | None = None
     threads: int = 0
+    workers: int = 1
     corruption_seed: int = 0
     """Seed of the corrupted copy of each post, the same for every grid seed."""
 
@@ -171,7 +172,7 @@ def run_evaluation(options: EvaluationOptions) -> str:
     train_logger.setLevel(max(previous_level, logging.WARNING))
     try:
         results = run_grid(options.spec, encoded.banks, blanks=encoded.blanks, num_classes=len(LABELS),
-                           training=options.training, train_function=fit_for_grid)
+                           training=options.training, train_function=fit_for_grid, workers=options.workers)
     finally:
         train_logger.setLevel(previous_level)
     total_seconds = time.perf_counter() - started
@@ -264,7 +265,8 @@ def _report_header(options: EvaluationOptions, counts: dict[str, int], feature_s
         f"{training.batch_size}, AdamW lr {training.learning_rate:g}, cosine decay; best epoch by val weighted F1",
         f"- models trained: {spec.count_jobs()}; runtime {total_seconds:.0f} s "
         f"(encoding {feature_seconds:.0f} s, grid {grid_seconds:.0f} s) on {platform.machine()} with "
-        f"{torch.get_num_threads()} torch threads",
+        + (f"{options.workers} worker processes of 1 torch thread" if options.workers > 1
+           else f"{torch.get_num_threads()} torch threads"),
         "- cells: mean±std over seeds in percent; the std is the sample standard deviation",
     ])
 
@@ -283,6 +285,7 @@ def _write_run_record(options: EvaluationOptions, counts: dict[str, int], featur
         "models_trained": options.spec.count_jobs(),
         "seconds": {"features": feature_seconds, "grid": grid_seconds, "total": total_seconds},
         "torch_threads": torch.get_num_threads(),
+        "workers": options.workers,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (options.out_dir / "grid.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

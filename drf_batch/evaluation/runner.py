@@ -110,6 +110,78 @@ def predict(head: nn.Module, arrays: SplitArrays) -> tuple[np.ndarray, dict[str,
 TrainFunction = Callable[..., dict[str, object]]
 
 
+@dataclass
+class JobResult:
+    """Result rows, clean-test confusion matrix and quality flags of one trained head."""
+
+    rows: list[dict[str, object]]
+    confusion: list[list[int]] | None
+    flags: list[dict[str, object]]
+
+
+def run_job(
+    training_setting: Setting,
+    model_name: str,
+    seed: int,
+    *,
+    spec: GridSpec,
+    banks: dict[str, FeatureBank],
+    blanks: BlankFeatures,
+    num_classes: int,
+    training: GridTraining,
+    train_function: TrainFunction,
+) -> JobResult:
+    """Train one head under ``training_setting`` with ``seed`` and test it on every test setting that uses it."""
+    tests = spec.tests_for(training_setting)
+    train_arrays = banks["train"].assemble(plan_for(training_setting, banks["train"].post_ids, seed))
+    val_arrays = banks["val"].assemble(plan_for(training_setting, banks["val"].post_ids, seed))
+    image_dim = banks["train"].clean_image.shape[1]
+    text_dim = banks["train"].clean_text.shape[1]
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    head = build_model(model_name, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
+                       blanks=blanks, training=training)
+    started = time.perf_counter()
+    record = train_function(head, train_arrays, val_arrays, seed=seed, training=training)
+    train_seconds = time.perf_counter() - started
+
+    result = JobResult(rows=[], confusion=None, flags=[])
+    for test in tests:
+        arrays = banks["test"].assemble(plan_for(test, banks["test"].post_ids, seed))
+        predictions, _ = predict(head, arrays)
+        metrics = classification_metrics(arrays.labels, predictions, num_classes=num_classes)
+        result.rows.append({
+            "model": model_name,
+            "setting": test.name,
+            "strategy": test.strategy,
+            "kind": test.kind,
+            "modality": test.modality,
+            "dr": test.dr,
+            "seed": seed,
+            "accuracy": metrics.accuracy,
+            "weighted_f1": metrics.weighted_f1,
+            "macro_f1": metrics.macro_f1,
+            "n_test": len(arrays),
+            "best_epoch": record.get("best_epoch"),
+            "train_seconds": train_seconds,
+        })
+        if test.strategy == "clean":
+            result.confusion = metrics.confusion
+
+    if model_name == "drf" and training_setting.strategy == "clean":
+        result.flags.extend(dict(flag.to_dict(), seed=seed) for flag in measure_quality_flags(head, banks, seed=seed))
+    return result
+
+
+def _collect(results: GridResults, model_name: str, job: JobResult) -> None:
+    results.rows.extend(job.rows)
+    results.flags.extend(job.flags)
+    if job.confusion is not None:
+        matrix = np.asarray(job.confusion, dtype=np.int64)
+        results.confusions[model_name] = results.confusions.get(model_name, 0) + matrix
+
+
 def run_grid(
     spec: GridSpec,
     banks: dict[str, FeatureBank],
@@ -119,67 +191,46 @@ def run_grid(
     training: GridTraining,
     train_function: TrainFunction,
     progress: bool = True,
+    workers: int = 1,
 ) -> GridResults:
     """Train and test every (training setting, model, seed) job of ``spec``.
 
     ``banks`` contains the ``train``, ``val`` and ``test`` splits. ``train_function(head, train, val,
     seed=..., training=...)`` trains a head in place and returns a record with at least
-    ``best_epoch``. Test plans use the grid seed too, over the test post ids.
+    ``best_epoch``. Test plans use the grid seed too, over the test post ids. With ``workers`` > 1
+    the jobs run in that many processes, each with one torch thread (see ``parallel``).
     """
     started = time.perf_counter()
     results = GridResults()
-    image_dim = banks["train"].clean_image.shape[1]
-    text_dim = banks["train"].clean_text.shape[1]
-    bar = tqdm(total=spec.count_jobs(), desc="evaluate", unit="model", disable=not progress)
+    jobs = list(spec.jobs())
+    bar = tqdm(total=len(jobs), desc="evaluate", unit="model", disable=not progress)
+    if workers > 1:
+        from drf_batch.evaluation.parallel import run_jobs_in_processes
 
-    for training_setting in spec.training_settings():
-        tests = spec.tests_for(training_setting)
-        for seed in spec.seeds:
-            train_arrays = banks["train"].assemble(plan_for(training_setting, banks["train"].post_ids, seed))
-            val_arrays = banks["val"].assemble(plan_for(training_setting, banks["val"].post_ids, seed))
-            test_arrays = {test.name: banks["test"].assemble(plan_for(test, banks["test"].post_ids, seed))
-                           for test in tests}
-            for model_name in spec.models_for(training_setting):
-                bar.set_postfix_str(f"{training_setting.name} {model_name} seed={seed}")
-                torch.manual_seed(seed)
-                np.random.seed(seed)
-                head = build_model(model_name, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
-                                   blanks=blanks, training=training)
-                job_started = time.perf_counter()
-                record = train_function(head, train_arrays, val_arrays, seed=seed, training=training)
-                train_seconds = time.perf_counter() - job_started
-
-                for test in tests:
-                    arrays = test_arrays[test.name]
-                    predictions, _ = predict(head, arrays)
-                    metrics = classification_metrics(arrays.labels, predictions, num_classes=num_classes)
-                    results.rows.append({
-                        "model": model_name,
-                        "setting": test.name,
-                        "strategy": test.strategy,
-                        "kind": test.kind,
-                        "modality": test.modality,
-                        "dr": test.dr,
-                        "seed": seed,
-                        "accuracy": metrics.accuracy,
-                        "weighted_f1": metrics.weighted_f1,
-                        "macro_f1": metrics.macro_f1,
-                        "n_test": len(arrays),
-                        "best_epoch": record.get("best_epoch"),
-                        "train_seconds": train_seconds,
-                    })
-                    if test.strategy == "clean":
-                        matrix = np.asarray(metrics.confusion, dtype=np.int64)
-                        results.confusions[model_name] = results.confusions.get(model_name, 0) + matrix
-
-                if model_name == "drf" and training_setting.strategy == "clean":
-                    results.flags.extend(
-                        dict(flag.to_dict(), seed=seed) for flag in measure_quality_flags(head, banks, seed=seed)
-                    )
-                bar.update(1)
+        for (training_setting, model_name, seed), job in run_jobs_in_processes(
+            jobs, spec=spec, banks=banks, blanks=blanks, num_classes=num_classes, training=training,
+            train_function=train_function, workers=workers,
+        ):
+            _collect(results, model_name, job)
+            bar.set_postfix_str(f"{training_setting.name} {model_name} seed={seed}")
+            bar.update(1)
+    else:
+        for training_setting, model_name, seed in jobs:
+            bar.set_postfix_str(f"{training_setting.name} {model_name} seed={seed}")
+            job = run_job(training_setting, model_name, seed, spec=spec, banks=banks, blanks=blanks,
+                          num_classes=num_classes, training=training, train_function=train_function)
+            _collect(results, model_name, job)
+            bar.update(1)
     bar.close()
+    results.rows.sort(key=lambda row: (spec.model_names.index(str(row["model"])), _setting_order(spec, row), row["seed"]))
+    results.flags.sort(key=lambda flag: (flag["seed"], flag["modality"]))
     results.seconds = time.perf_counter() - started
     return results
+
+
+def _setting_order(spec: GridSpec, row: dict[str, object]) -> int:
+    names = [setting.name for setting in spec.settings()]
+    return names.index(str(row["setting"]))
 
 
 def measure_quality_flags(head: nn.Module, banks: dict[str, FeatureBank], *, seed: int) -> list[FlagQuality]:
