@@ -34,6 +34,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "n_test": pl.Int64(),
     "best_epoch": pl.Int64(),
     "train_seconds": pl.Float64(),
+    "train_cpu_seconds": pl.Float64(),
 }
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA)
 METRICS: tuple[str, ...] = ("accuracy", "weighted_f1", "macro_f1")
