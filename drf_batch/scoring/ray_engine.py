@@ -88,9 +88,8 @@ class RayOptions:
         merge_rows: None merges each record batch in its own DuckDB transaction, as the local
             engine does. A number merges consecutive record batches of one input file together,
             up to that many rows per transaction, which raises the driver's merge rate. The
-            stored rows stay the same, but the reason text of a `duplicate_post_id` reject then
-            says "an earlier row of this file" instead of naming the row when both rows share a
-            transaction.
+            stored rows stay the same, but when both rows of a `duplicate_post_id` reject share a
+            transaction, its reason reads "an earlier row of this file" instead of naming the row.
     """
 
     address: str | None = None
