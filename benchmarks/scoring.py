@@ -46,7 +46,9 @@ summary = benchmark.score_with_engine(engine, Path(posts), Path(bundle), Path(db
 seconds = time.perf_counter() - started
 print("RESULT", json.dumps({"rows": summary.rows_in, "processed": summary.rows_scored + summary.rows_rejected,
       "seconds": seconds, "run_seconds": summary.seconds, "providers": summary.providers_used,
-      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "cpu_seconds": resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime}),
+      flush=True)
 """
 
 
@@ -246,15 +248,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Throughput on the same {report['posts']} real posts, end to end through the local runner "
         "(Parquet reading, image decoding, tokenisation, inference, DuckDB writes), each engine in a fresh process:",
         "",
-        "| engine | posts/s | seconds | vs PyTorch eager | vs onnxruntime FP32 | peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | posts/s | seconds | vs PyTorch eager | vs onnxruntime FP32 | CPU seconds | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["throughput"]:
         versus_eager = f"{row['posts_per_second'] / eager['posts_per_second']:.2f}x" if eager else "-"
         versus_fp32 = f"{row['posts_per_second'] / fp32['posts_per_second']:.2f}x" if fp32 else "-"
+        cpu = f"{row['cpu_seconds']:.0f}" if "cpu_seconds" in row else "-"
         lines.append(
             f"| {row['engine']} | {row['posts_per_second']:.2f} | {row['run_seconds']:.0f} | {versus_eager} | "
-            f"{versus_fp32} | {row['peak_rss_mib']:.0f} |"
+            f"{versus_fp32} | {cpu} | {row['peak_rss_mib']:.0f} |"
         )
     rerun = report["rerun"]
     lines += [
