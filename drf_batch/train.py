@@ -682,7 +682,8 @@ def train_model(
         )
 
     training = {
-        "source": str(source),
+        # Only the folder or file name, so a checkpoint does not record paths of the machine it was trained on.
+        "source": Path(source).name,
         "hyperparameters": asdict(options),
         "seed": options.seed,
         "best_epoch": fit.best_epoch,

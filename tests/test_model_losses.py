@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from drf_batch.model.losses import distribution_constraint, distribution_recovery, sample_recovery
+from drf_batch.model.losses import bounded_exp, distribution_constraint, distribution_recovery, sample_recovery
 
 
 def test_distribution_constraint_matches_formula() -> None:
@@ -41,6 +41,36 @@ def test_distribution_constraint_absent_modality_has_no_gradient() -> None:
     assert torch.count_nonzero(f_v.grad[1]) == 0
     assert torch.count_nonzero(f_t.grad[2]) == 0
     assert torch.count_nonzero(f_v.grad[0]) > 0
+
+
+def test_distribution_constraint_far_feature_is_finite() -> None:
+    mu_v = torch.zeros(4)
+    mu_t = torch.full((4,), 500.0)
+    # The image feature sits on the text mean and the text feature is absent but would overflow.
+    f_v = mu_t.unsqueeze(0).clone().requires_grad_(True)
+    f_t = torch.zeros(1, 4, requires_grad=True)
+
+    value = distribution_constraint(f_v, f_t, mu_v, mu_t, torch.ones(1), torch.zeros(1))
+    value.backward()
+
+    assert torch.isfinite(value)
+    assert float(value) > math.exp(30)
+    assert f_v.grad is not None
+    assert torch.isfinite(f_v.grad).all()
+    assert f_t.grad is not None
+    assert torch.count_nonzero(f_t.grad) == 0
+
+
+def test_bounded_exp_matches_exp_below_limit() -> None:
+    x = torch.tensor([-5.0, 0.0, 29.0])
+
+    assert torch.allclose(bounded_exp(x), torch.exp(x))
+
+
+def test_bounded_exp_is_linear_above_limit() -> None:
+    value = bounded_exp(torch.tensor([31.0, 1000.0]))
+
+    assert torch.allclose(value, torch.tensor([math.exp(30) * 2, math.exp(30) * 971]))
 
 
 def test_sample_recovery_is_l2_norm_on_pairs_only() -> None:

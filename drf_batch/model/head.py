@@ -92,14 +92,11 @@ class DRFHead(nn.Module):
         self.fusion = FusionMLP(d, config.hidden, config.dropout)
         self.classifier = nn.Linear(config.hidden, config.num_classes)
 
-        # NOTE: the DRF paper stores the encoders' features and fine-tunes the encoders at a
-        # learning rate of 2e-5, so its queues lag the encoders only slightly. Here a freshly
-        # initialised projection trains at 2e-4 and changes the feature scale several times
-        # over, and queues of projected features went stale: on separable synthetic features the
-        # gate rejected every new feature, the queue spread fell to a third of the features'
-        # spread, and accuracy fell from 100% to 68%. The queues therefore keep encoder features
-        # and apply the current projection whenever they are read (reproject_queue=False
-        # restores the paper's storage).
+        # NOTE: the published method stores features of encoders that it fine-tunes at a learning
+        # rate of 2e-5, so its queues lag the encoders only slightly. The projection here starts
+        # from random weights and trains at 2e-4, so stored projected features would describe an
+        # older projection. The queues therefore store encoder features and apply the current
+        # projection whenever they are read. reproject_queue=False stores projected features.
         queue_dims = (config.image_dim, config.text_dim) if config.reproject_queue else (d, d)
         self.queue_v = FeatureQueue(config.queue_size, queue_dims[0])
         self.queue_t = FeatureQueue(config.queue_size, queue_dims[1])

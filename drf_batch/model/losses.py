@@ -6,6 +6,8 @@ the batch size changes. The λ factors are 1 for a present modality and 0 for an
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -14,10 +16,24 @@ from drf_batch.model.queues import queue_statistics
 NORM_EPSILON = 1e-12
 """Added under the square root of each L2 norm so its gradient stays finite at distance 0."""
 
+EXP_LINEAR_FROM = 30.0
+"""Exponent above which L_dis grows linearly instead of exponentially (see bounded_exp)."""
+
 
 def l2_norm(x: Tensor) -> Tensor:
     """Return ||x||_2 over the last axis."""
     return torch.sqrt(x.pow(2).sum(dim=-1) + NORM_EPSILON)
+
+
+def bounded_exp(x: Tensor, limit: float = EXP_LINEAR_FROM) -> Tensor:
+    """Return exp(x) up to x = limit and its tangent line exp(limit)·(1 + x − limit) above it.
+
+    The exponent of L_dis is bounded only by ||μ_v − μ_t||, so a feature that sits near the other
+    modality's mean can overflow float32 (exp(x) is inf above x ≈ 88). The tangent keeps the value
+    finite and the gradient pointing the same way.
+    """
+    clipped = x.clamp_max(limit)
+    return torch.where(x <= limit, torch.exp(clipped), math.exp(limit) * (1.0 + x - limit))
 
 
 def distribution_constraint(
@@ -27,8 +43,11 @@ def distribution_constraint(
 
     It pulls each feature towards its own modality's queue mean and away from the other mean.
     """
-    per_sample_v = lam_v * torch.exp(l2_norm(f_v - mu_v) - l2_norm(f_v - mu_t))
-    per_sample_t = lam_t * torch.exp(l2_norm(f_t - mu_t) - l2_norm(f_t - mu_v))
+    zero = torch.zeros_like(lam_v)
+    # torch.where, not a product with λ, so that an absent modality contributes exactly 0 even
+    # when its placeholder feature would give a huge exponent.
+    per_sample_v = torch.where(lam_v > 0.5, bounded_exp(l2_norm(f_v - mu_v) - l2_norm(f_v - mu_t)), zero)
+    per_sample_t = torch.where(lam_t > 0.5, bounded_exp(l2_norm(f_t - mu_t) - l2_norm(f_t - mu_v)), zero)
     return (per_sample_v + per_sample_t).mean()
 
 
