@@ -74,7 +74,7 @@ def bundle(default_bundle: Path) -> Any:
     """The session's exported bundle, loaded on the CPU as the driver of a Ray run loads it."""
     from drf_batch.bundle import load_bundle
 
-    return load_bundle(bundle, providers="cpu")
+    return load_bundle(default_bundle, providers="cpu")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -259,6 +259,8 @@ def test_ray_options_invalid_values() -> None:
         RayOptions(gpus_per_actor=-1)
     with pytest.raises(ValueError, match="cpus_per_actor"):
         RayOptions(cpus_per_actor=0)
+    with pytest.raises(ValueError, match="onnx_threads"):
+        RayOptions(onnx_threads=0)
     with pytest.raises(ValueError, match="merge_rows"):
         RayOptions(merge_rows=0)
 
@@ -491,3 +493,25 @@ def test_ray_engine_gpus_beyond_cluster_raise(tmp_path: Path, bundle: Any, ray_l
         stored = connection.execute("SELECT count(*) FROM scores").fetchone()
     assert statuses == [("failed",)]
     assert stored == (0,)
+
+
+@pytest.mark.slow
+def test_score_command_ray_folder(tmp_path: Path, default_bundle: Path, ray_local: Any) -> None:
+    from typer.testing import CliRunner
+
+    from drf_batch.cli import app
+
+    dump = _make_dump(tmp_path / "dump")
+    db_path = tmp_path / "scores.duckdb"
+    arguments = [
+        "score", str(dump), "--engine", "ray", "--num-actors", "2",
+        "--bundle", str(default_bundle), "--image-root", str(SAMPLE_IMAGES),
+        "--db", str(db_path), "--batch-size", str(BATCH_SIZE), "--providers", "cpu", "--no-progress",
+    ]  # fmt: skip
+
+    result = CliRunner().invoke(app, arguments)
+
+    assert result.exit_code == 0, result.output
+    assert result.output.count(" finished: ") == 3
+    assert _stored_positions(db_path) == _input_positions(dump)
+    assert default_output_dir(db_path).is_dir()

@@ -92,7 +92,7 @@ def score(
 
     try:
         if engine is EngineChoice.ray:
-            _check_ray_inputs(posts)
+            _check_ray_inputs(posts, local=address is None)
         else:
             open_posts_file(posts)
     except InputFileError as error:
@@ -148,7 +148,7 @@ def score(
         bar.update(processed)
 
     if engine is EngineChoice.ray:
-        ray_options = _ray_options(address, num_actors, gpus_per_actor, cpus_per_actor, providers)
+        ray_options = _ray_options(address, num_actors, gpus_per_actor, cpus_per_actor, providers, onnx_threads)
         try:
             _score_on_ray(posts, loaded, store, options=options, ray_options=ray_options, progress=on_batch, on_start=on_start)
         finally:
@@ -175,13 +175,13 @@ def score(
     typer.echo(format_summary(summary))
 
 
-def _check_ray_inputs(posts: Path) -> None:
+def _check_ray_inputs(posts: Path, *, local: bool) -> None:
     """Fail before any work when Ray is missing or an input file is unusable."""
     from drf_batch.scoring.inputs import open_posts_file
     from drf_batch.scoring.ray_engine import RayNotInstalledError, import_ray, list_input_files
 
     try:
-        import_ray()
+        import_ray(local=local)
     except RayNotInstalledError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -190,7 +190,12 @@ def _check_ray_inputs(posts: Path) -> None:
 
 
 def _ray_options(
-    address: str | None, num_actors: int, gpus_per_actor: float, cpus_per_actor: float | None, providers: ProviderChoice
+    address: str | None,
+    num_actors: int,
+    gpus_per_actor: float,
+    cpus_per_actor: float | None,
+    providers: ProviderChoice,
+    onnx_threads: int | None,
 ) -> RayOptions:
     from drf_batch.scoring.ray_engine import RayOptions
 
@@ -200,6 +205,7 @@ def _ray_options(
         gpus_per_actor=gpus_per_actor,
         cpus_per_actor=cpus_per_actor,
         providers=None if providers is ProviderChoice.auto else providers.value,
+        onnx_threads=onnx_threads,
     )
 
 

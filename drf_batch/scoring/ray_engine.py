@@ -79,12 +79,14 @@ class RayOptions:
         num_actors: scoring actors, each with its own onnxruntime sessions.
         gpus_per_actor: GPUs reserved for each actor; above 0 the actors request CUDA.
         cpus_per_actor: CPUs reserved for each actor, which is also the onnxruntime thread count
-            (at least 1). None reserves 1 CPU, or an equal share of the cluster's CPUs when it has
+            (at least 1) unless `onnx_threads` is set. None reserves 1 CPU, or an equal share of the cluster's CPUs when it has
             too few for `num_actors` actors and the read tasks.
         output_dir: folder of the Parquet partitions; None means '<db name>-parquet' next to the
             DuckDB file.
         providers: onnxruntime providers request for the actors ('auto', 'cpu', 'cuda'); None
             means 'cuda' when `gpus_per_actor` is above 0, else 'auto'.
+        onnx_threads: onnxruntime intra-op threads per graph in each actor; None uses the
+            actor's reserved CPUs, rounded down.
         merge_rows: None merges each record batch in its own DuckDB transaction, as the local
             engine does. A number merges consecutive record batches of one input file together,
             up to that many rows per transaction, which raises the driver's merge rate. The
@@ -99,6 +101,7 @@ class RayOptions:
     output_dir: Path | None = None
     providers: str | None = None
     merge_rows: int | None = None
+    onnx_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
@@ -107,6 +110,8 @@ class RayOptions:
             raise ValueError(f"gpus_per_actor must be 0 or more, got {self.gpus_per_actor}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise ValueError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
+        if self.onnx_threads is not None and self.onnx_threads < 1:
+            raise ValueError(f"onnx_threads must be at least 1, got {self.onnx_threads}")
         if self.merge_rows is not None and self.merge_rows < 1:
             raise ValueError(f"merge_rows must be at least 1, got {self.merge_rows}")
 
@@ -115,8 +120,15 @@ ProgressCallback = Callable[[int, int], None]
 """Called after each merged batch with (rows processed, rows skipped), like the local engine's."""
 
 
-def import_ray() -> ModuleType:
-    """Import Ray Data, raising `RayNotInstalledError` that names the extra to install."""
+def import_ray(*, local: bool = False) -> ModuleType:
+    """Import Ray Data, raising `RayNotInstalledError` that names the extra to install.
+
+    `local=True` means the caller will start a private local instance. Unless Ray is already
+    imported, this sets `loopback_environment()` first, because Ray reads it at import time.
+    """
+    if local and "ray" not in sys.modules:
+        for name, value in loopback_environment().items():
+            os.environ.setdefault(name, value)
     try:
         import ray
         import ray.data  # noqa: F401 - ray without the [data] extra lacks its dependencies
@@ -177,18 +189,15 @@ def loopback_environment() -> dict[str, str]:
     """Return the environment variables that keep a local Ray instance on 127.0.0.1 and offline.
 
     Set them before `import ray`: Ray reads them at import time and when it starts its processes.
+    ray.init() binds a local instance to this machine's network address unless Ray's multi-node
+    mode is off (ray 2.60). They must not be set for a driver that joins a multi-node cluster.
     """
     return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _connect(options: RayOptions) -> tuple[ModuleType, bool]:
     """Connect to Ray; return the module and whether this call started the instance."""
-    if options.address is None and "ray" not in sys.modules:
-        # ray.init() binds a local instance to this machine's network address unless Ray's
-        # multi-node mode is off, and Ray reads that switch when it is imported (ray 2.60).
-        for name, value in loopback_environment().items():
-            os.environ.setdefault(name, value)
-    ray = import_ray()
+    ray = import_ray(local=options.address is None)
     if ray.is_initialized():
         return ray, False
     if options.address is not None and options.address.startswith("ray://"):
@@ -232,7 +241,7 @@ def plan_cpus_per_actor(options: RayOptions, cluster_cpus: float) -> float:
         return options.cpus_per_actor
     if needed <= cluster_cpus:
         return 1.0
-    share = (cluster_cpus - READ_TASK_CPUS) / options.num_actors
+    share = math.floor((cluster_cpus - READ_TASK_CPUS) / options.num_actors * 100) / 100
     if share < 0.05:
         raise RayEngineError(
             f"the Ray cluster has {cluster_cpus:g} CPUs, too few for {options.num_actors} actors. "
@@ -244,7 +253,7 @@ def plan_cpus_per_actor(options: RayOptions, cluster_cpus: float) -> float:
         options.num_actors,
         share,
     )
-    return math.floor(share * 100) / 100
+    return share
 
 
 def _check_gpus(options: RayOptions, cluster_gpus: float) -> None:
@@ -451,7 +460,7 @@ def _run_pipeline(
         bundle_path=str(Path(bundle.path).resolve()),
         bundle_id=bundle.bundle_id,
         providers=providers,
-        intra_op_threads=max(1, int(cpus_per_actor)),
+        intra_op_threads=ray_options.onnx_threads or max(1, int(cpus_per_actor)),
         run_ids={run.input_path: run.run_id for run in runs},
         image_roots={
             run.input_path: str((options.image_root or run.path.parent).resolve()) for run in runs
