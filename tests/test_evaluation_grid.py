@@ -63,7 +63,7 @@ def test_ablations_limited_to_strategies() -> None:
 
 def test_ablation_names() -> None:
     assert ablation_model_name("sample_recovery") == "drf-no-sample_recovery"
-    assert ablation_model_name("normalize_weights") == "drf-normalize_weights"
+    assert ablation_model_name("normalize_weights") == "drf-no-normalize_weights"
     with pytest.raises(ValueError, match="unknown ablation"):
         ablation_model_name("dropout")
 

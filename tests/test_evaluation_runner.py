@@ -105,13 +105,17 @@ def test_build_model_names() -> None:
 
     ablated = build_model("drf-no-expansion", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=3,
                           blanks=blanks, training=training)
-    normalized = build_model("drf-normalize_weights", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=3,
-                             blanks=blanks, training=training)
+    unnormalized = build_model("drf-no-normalize_weights", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=3,
+                               blanks=blanks, training=training)
+    base = build_model("drf", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=3, blanks=blanks,
+                       training=training)
 
     assert isinstance(ablated, DRFHead)
     assert ablated.config.expansion is False
     assert ablated.config.quality_weights is True
-    assert normalized.config.normalize_weights is True
+    assert unnormalized.config.normalize_weights is False
+    assert base.config.normalize_weights is True
+    assert base.config.recovery_feature_gradient is False
     with pytest.raises(ValueError, match="unknown DRF ablation 'dropout'"):
         build_model("drf-no-dropout", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=3, blanks=blanks,
                     training=training)

@@ -35,7 +35,7 @@ def evaluate(
     ),
     rates: str = typer.Option("0.2,0.4,0.6,0.8,1.0", help="Comma-separated disruption rates dr of the "
                               "modality-random settings, each in (0, 1]."),
-    epochs: int = typer.Option(6, min=1, help="Training epochs of every head."),
+    epochs: int = typer.Option(5, min=1, help="Training epochs of every head."),
     batch_size: int = typer.Option(128, min=2, help="Training batch size of every head."),
     learning_rate: float = typer.Option(5e-4, help="Peak AdamW learning rate of every head (cosine decay)."),
     image_encoder: str = typer.Option("efficientnet-lite0", help="Image encoder name from the registry."),

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from drf_batch.disruption import DisruptionPlan, plan_disruptions
 from drf_batch.evaluation.bank import FeatureBank, SplitArrays
 from drf_batch.evaluation.baselines import BaselineConfig, BlankFeatures, build_baseline
-from drf_batch.evaluation.grid import ABLATIONS, GridSpec, Setting
+from drf_batch.evaluation.grid import ABLATIONS, DRF_BASE_SWITCHES, GridSpec, Setting
 from drf_batch.evaluation.quality import FlagQuality, measure_flag
 from drf_batch.metrics import classification_metrics
 from drf_batch.model import DRFConfig, DRFHead
@@ -37,10 +37,10 @@ class GridTraining:
 
     NOTE: these depart from the paper's batch 16 and 30 epochs so that a grid of hundreds of heads
     fits a CPU budget. On clean MVSA-Single the best val epoch of DRF and concat was 3-4 of 10 at
-    batch 128, so 6 epochs lose little; a grid that must match `drf-batch train` can pass its values.
+    batch 128, so 5 epochs lose little; a grid that must match `drf-batch train` can pass its values.
     """
 
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 5e-4
     weight_decay: float = 0.01
@@ -64,17 +64,14 @@ def build_model(name: str, *, image_dim: int, text_dim: int, num_classes: int, b
                 training: GridTraining) -> nn.Module:
     """Build the head named ``name``: ``drf``, a DRF ablation such as ``drf-no-expansion``, or a baseline."""
     if name == "drf" or name.startswith("drf-"):
-        switches: dict[str, bool] = {}
+        switches: dict[str, bool] = dict(DRF_BASE_SWITCHES)
         if name.startswith("drf-no-"):
             switch = name.removeprefix("drf-no-")
-            switches[switch] = False
-        elif name == "drf-normalize_weights":
-            switches["normalize_weights"] = True
-        elif name != "drf":
-            raise ValueError(f"unknown DRF variant {name!r}")
-        for switch in switches:
             if switch not in ABLATIONS:
                 raise ValueError(f"unknown DRF ablation {switch!r} in model name {name!r}")
+            switches[switch] = False
+        elif name != "drf":
+            raise ValueError(f"unknown DRF variant {name!r}; expected drf or drf-no-<ablation>")
         config = DRFConfig(image_dim=image_dim, text_dim=text_dim, d=training.d, hidden=training.hidden,
                            num_classes=num_classes, **switches)
         return DRFHead(config)
