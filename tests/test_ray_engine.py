@@ -7,7 +7,6 @@ at the end of the module. They are skipped when Ray Data is not installed.
 from __future__ import annotations
 
 import builtins
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,6 @@ from drf_batch.scoring.ray_engine import (
     default_output_dir,
     import_ray,
     list_input_files,
-    loopback_environment,
     plan_cpus_per_actor,
     score_dump,
 )
@@ -48,8 +46,9 @@ VOLATILE_REJECT_COLUMNS = ("run_id", "rejected_at")
 
 
 def _ray_available() -> bool:
+    # local=True keeps the instance that ray_local starts on 127.0.0.1, whichever test imports Ray first.
     try:
-        import_ray()
+        import_ray(local=True)
     except RayNotInstalledError:
         return False
     return True
@@ -58,13 +57,12 @@ def _ray_available() -> bool:
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[Any]:
     """A local Ray instance with 2 CPUs on 127.0.0.1, shut down after the module's tests."""
-    for name, value in loopback_environment().items():
-        os.environ.setdefault(name, value)
     if not _ray_available():
         pytest.skip(f"Ray Data is not installed; install it with {RAY_EXTRA_INSTALL}")
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), "Ray must listen on 127.0.0.1 only"
     yield ray
     ray.shutdown()
 
