@@ -32,7 +32,7 @@ PROBS_TOLERANCE = 1e-4
 
 float32 carries about 7 significant digits. onnxruntime fuses and reorders the operators of both
 encoders (attention, LayerNorm, GELU, Conv + Clip), so it rounds differently from PyTorch in every
-layer. The measured differences are below 1e-6 (export/README.md lists them), so 1e-4 leaves two
+layer. The measured differences are about 1e-6 (export/README.md lists them), so 1e-4 leaves two
 orders of magnitude for other CPUs, thread counts and kernels. A label can only flip for a post
 whose two largest probabilities are less than 1e-4 apart."""
 
