@@ -61,7 +61,7 @@ def train(
         False, "--normalize-weights/--no-normalize-weights", help="Make a post's branch weights sum to 1."
     ),
     recovery_feature_gradient: bool = typer.Option(
-        True,
+        False,
         "--recovery-feature-gradient/--no-recovery-feature-gradient",
         help="Let L^s move the projected features; off trains only the converters with it.",
     ),

@@ -119,6 +119,11 @@ class FeatureQueue(nn.Module):
         else:
             mu, sigma, threshold = statistics
         mapped = transform(candidates) if transform is not None else candidates
+        # NOTE: the gate admits only features denser than the queue's average, so a full queue
+        # drifts towards the centre of the distribution and sigma ends below the spread of all
+        # features. In the packaged default model, sigma is 7.2 (image) and 5.4 (text) against
+        # 10.8 and 8.7 over the training features, and a median training feature lies at about
+        # 1.5 sigma from mu. Both the densities and the quality flags see this narrower spread.
         accepted = candidates[log_gaussian(mapped, mu, sigma) > threshold]
         self.push(accepted)
         return int(accepted.shape[0])
