@@ -74,3 +74,20 @@ def test_measure_flag_reports_test_metrics() -> None:
 def test_nan_log_p_rejected() -> None:
     with pytest.raises(ValueError, match="NaN"):
         quality_auroc(np.array([np.nan]), np.array([-1.0]))
+
+
+def test_calibration_respects_false_positive_limit() -> None:
+    rng = np.random.default_rng(2)
+    clean = rng.normal(0.0, 1.0, 1000)
+    corrupted = rng.normal(-0.3, 1.0, 1000)
+
+    threshold = calibrate_threshold(clean, corrupted, max_false_positive_rate=0.1)
+
+    _, _, false_positive_rate = flag_rates(clean, corrupted, threshold)
+    assert false_positive_rate <= 0.1
+    assert np.sum(corrupted < threshold) > 0
+
+
+def test_calibration_limit_rejects_invalid_rate() -> None:
+    with pytest.raises(ValueError, match="max_false_positive_rate"):
+        calibrate_threshold(np.array([0.0]), np.array([-1.0]), max_false_positive_rate=1.5)

@@ -56,6 +56,9 @@ def evaluate(
 ) -> None:
     """Train DRF, its ablations and baselines under corrupted and missing modalities, and report.
 
+    With --models none --ablations none --calibrate CHECKPOINT, only the checkpoint's
+    thresholds are calibrated.
+
     Writes results.parquet and results.csv (one row per model, setting and seed), report.md
     (tables of ACC/wF1 mean ± std and a win/loss summary against the concat baseline), plots/,
     quality.json (the quality-flag AUROC, threshold, precision and recall) and grid.json.
@@ -81,8 +84,8 @@ def evaluate(
             seeds=parse_seeds(seeds),
             rates=rate_values,
         )
-        if not spec.model_names:
-            raise ValueError("no models selected; pass --models and/or --ablations")
+        if not spec.model_names and calibrate is None:
+            raise ValueError("no models selected; pass --models and/or --ablations (or --calibrate alone)")
         if not rate_values or any(not 0.0 < value <= 1.0 for value in rate_values):
             raise ValueError(f"invalid --rates {rates!r}; expected comma-separated numbers in (0, 1]")
     except ValueError as error:

@@ -28,6 +28,11 @@ from drf_batch.features import FeatureCache, ImageVariant, TextVariant, encode_p
 
 logger = logging.getLogger(__name__)
 
+CALIBRATION_MAX_FPR = 0.10
+"""Largest share of clean val posts that a calibrated low-quality flag may mark. A product flag
+that marks most clean images is noise, and the image score separates clean from corrupted
+images weakly with frozen encoders (see docs/robustness.md)."""
+
 
 @dataclass(frozen=True)
 class EvaluationOptions:
@@ -165,6 +170,24 @@ def run_evaluation(options: EvaluationOptions) -> str:
                            cache=cache, corruption_seed=options.corruption_seed)
     logger.info("features ready in %.0f s", encoded.seconds)
 
+    lines: list[str] = []
+    if options.spec.model_names:
+        lines.extend(_run_and_report(options, encoded, counts, started))
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+
+    if options.calibrate is not None:
+        flags = calibrate_checkpoint(options.calibrate, encoded.banks, image_encoder=options.image_encoder,
+                                     text_encoder=options.text_encoder)
+        calibration = [dict(flag.to_dict(), seed=0) for flag in flags]
+        (options.out_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
+        lines.append(f"calibrated {options.calibrate}:")
+        lines.append(flag_table(calibration))
+    return "\n".join(lines)
+
+
+def _run_and_report(options: EvaluationOptions, encoded: EncodedPosts, counts: dict[str, int],
+                    started: float) -> list[str]:
+    """Run the grid, write its outputs and return the terminal summary lines."""
     # The training loop logs every epoch at INFO; across hundreds of heads that buries the grid's
     # progress bar, so it is quietened for the grid only.
     train_logger = logging.getLogger("drf_batch.train")
@@ -180,27 +203,19 @@ def run_evaluation(options: EvaluationOptions) -> str:
     header = _report_header(options, counts, encoded.seconds, results.seconds, total_seconds)
     write_outputs(options.out_dir, results, spec=options.spec, labels=LABELS, header=header)
     _write_run_record(options, counts, encoded.seconds, results.seconds, total_seconds)
-    lines = [
+    return [
         f"evaluated {options.spec.count_jobs()} models in {total_seconds:.0f} s "
         f"(features {encoded.seconds:.0f} s, grid {results.seconds:.0f} s)",
         f"report: {options.out_dir / 'report.md'}",
     ]
 
-    if options.calibrate is not None:
-        flags = calibrate_checkpoint(options.calibrate, encoded.banks, image_encoder=options.image_encoder,
-                                     text_encoder=options.text_encoder)
-        calibration = [dict(flag.to_dict(), seed=0) for flag in flags]
-        (options.out_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
-        lines.append(f"calibrated {options.calibrate}:")
-        lines.append(flag_table(calibration))
-    return "\n".join(lines)
-
 
 def calibrate_checkpoint(checkpoint: Path, banks: dict[str, FeatureBank], *, image_encoder: str,
-                         text_encoder: str) -> list[FlagQuality]:
+                         text_encoder: str, max_false_positive_rate: float = CALIBRATION_MAX_FPR) -> list[FlagQuality]:
     """Calibrate the low-quality thresholds of a checkpoint on val and write them into it.
 
-    The checkpoint must use the encoders the banks were encoded with. Thresholds go into both
+    The threshold maximises Youden's J among those that flag at most ``max_false_positive_rate``
+    of the clean val posts. The checkpoint must use the encoders the banks were encoded with. Thresholds go into both
     config.json (``thresholds``) and the head's threshold buffers in model.safetensors, which is
     where the exported bundle reads them from.
     """
@@ -217,13 +232,15 @@ def calibrate_checkpoint(checkpoint: Path, banks: dict[str, FeatureBank], *, ima
         # NOTE: the feature banks come from the registry's frozen weights, so fine-tuned encoders
         # would give other features and a wrong threshold.
         raise ValueError(f"checkpoint {checkpoint} has fine-tuned encoders; calibration supports frozen encoders only")
-    flags = measure_quality_flags(head, banks, seed=0)
+    flags = measure_quality_flags(head, banks, seed=0, max_false_positive_rate=max_false_positive_rate)
     by_modality = {flag.modality: flag.threshold for flag in flags}
-    write_checkpoint_thresholds(checkpoint, image=by_modality["image"], text=by_modality["text"])
+    write_checkpoint_thresholds(checkpoint, image=by_modality["image"], text=by_modality["text"],
+                                max_false_positive_rate=max_false_positive_rate)
     return flags
 
 
-def write_checkpoint_thresholds(checkpoint: Path, *, image: float, text: float) -> None:
+def write_checkpoint_thresholds(checkpoint: Path, *, image: float, text: float,
+                                max_false_positive_rate: float = CALIBRATION_MAX_FPR) -> None:
     """Replace the low-quality log-p thresholds in a checkpoint's weights and config.json."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -245,7 +262,8 @@ def write_checkpoint_thresholds(checkpoint: Path, *, image: float, text: float) 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["thresholds"] = {"image": image, "text": text}
     config.setdefault("training", {})["low_quality_calibration"] = {
-        "method": "Youden's J on val, clean vs corrupted (40-80% of pixels or words masked)",
+        "method": "Youden's J on val, clean vs corrupted (40-80% of pixels or words masked), "
+                  f"flagging at most {max_false_positive_rate:.0%} of clean val posts",
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

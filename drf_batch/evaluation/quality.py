@@ -3,8 +3,9 @@
 The score of an image is ``log p_v`` (the Gaussian log density of its feature under the frozen
 image queue statistics) and of a text ``log p_t``. A modality is flagged ``low_quality`` when its
 log p is strictly below the threshold. The threshold is calibrated on the val split by Youden's J
-statistic (the threshold that maximises true-positive rate minus false-positive rate), where the
-positives are corrupted copies of the val posts and the negatives are the same posts clean. The
+statistic (the threshold that maximises true-positive rate minus false-positive rate), optionally
+among thresholds that flag at most a given share of clean posts. The positives are corrupted
+copies of the val posts and the negatives are the same posts clean. The
 test split then gives AUROC, precision and recall on the same clean-versus-corrupted pairs, which
 is a balanced set: precision on a real dump depends on how many of its posts are damaged.
 """
@@ -68,12 +69,18 @@ def flag_rates(log_p_clean: np.ndarray, log_p_corrupted: np.ndarray, threshold: 
     return precision, true_positives / corrupted.size, false_positives / clean.size
 
 
-def calibrate_threshold(log_p_clean: np.ndarray, log_p_corrupted: np.ndarray) -> float:
+def calibrate_threshold(
+    log_p_clean: np.ndarray, log_p_corrupted: np.ndarray, *, max_false_positive_rate: float = 1.0
+) -> float:
     """Return the threshold on log p that maximises Youden's J = recall − false-positive rate.
 
-    Candidates are the midpoints between consecutive distinct values, plus one value below the
-    minimum (flag nothing). Ties in J go to the lowest threshold, which flags the fewest posts.
+    Only thresholds that flag at most ``max_false_positive_rate`` of the clean values compete,
+    so a score that separates badly cannot flag most clean posts. Candidates are the midpoints
+    between consecutive distinct values, plus one value below the minimum (flag nothing). Ties in
+    J go to the lowest threshold, which flags the fewest posts.
     """
+    if not 0.0 <= max_false_positive_rate <= 1.0:
+        raise ValueError(f"max_false_positive_rate must be in [0, 1], got {max_false_positive_rate}")
     clean = np.sort(_finite(log_p_clean, name="log_p_clean"))
     corrupted = np.sort(_finite(log_p_corrupted, name="log_p_corrupted"))
     values = np.unique(np.concatenate([clean, corrupted]))
@@ -82,7 +89,7 @@ def calibrate_threshold(log_p_clean: np.ndarray, log_p_corrupted: np.ndarray) ->
     # searchsorted with side="left" counts the values strictly below each candidate.
     recall = np.searchsorted(corrupted, candidates, side="left") / corrupted.size
     false_positive_rate = np.searchsorted(clean, candidates, side="left") / clean.size
-    youden = recall - false_positive_rate
+    youden = np.where(false_positive_rate <= max_false_positive_rate, recall - false_positive_rate, -np.inf)
     return float(candidates[int(np.argmax(youden))])
 
 
@@ -93,9 +100,10 @@ def measure_flag(
     val_corrupted: np.ndarray,
     test_clean: np.ndarray,
     test_corrupted: np.ndarray,
+    max_false_positive_rate: float = 1.0,
 ) -> FlagQuality:
     """Calibrate the threshold of one modality on val and measure the flag on test."""
-    threshold = calibrate_threshold(val_clean, val_corrupted)
+    threshold = calibrate_threshold(val_clean, val_corrupted, max_false_positive_rate=max_false_positive_rate)
     precision, recall, false_positive_rate = flag_rates(test_clean, test_corrupted, threshold)
     return FlagQuality(
         modality=modality,

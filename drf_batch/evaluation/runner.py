@@ -240,7 +240,8 @@ def _setting_order(spec: GridSpec, row: dict[str, object]) -> int:
     return names.index(str(row["setting"]))
 
 
-def measure_quality_flags(head: nn.Module, banks: dict[str, FeatureBank], *, seed: int) -> list[FlagQuality]:
+def measure_quality_flags(head: nn.Module, banks: dict[str, FeatureBank], *, seed: int,
+                          max_false_positive_rate: float = 1.0) -> list[FlagQuality]:
     """Measure how well log p_v and log p_t separate clean from corrupted val and test posts.
 
     Every post of a split appears twice: clean, and with that modality corrupted (the other one
@@ -262,6 +263,7 @@ def measure_quality_flags(head: nn.Module, banks: dict[str, FeatureBank], *, see
             val_corrupted=values["val"][1],
             test_clean=values["test"][0],
             test_corrupted=values["test"][1],
+            max_false_positive_rate=max_false_positive_rate,
         ))
     return flags
 
