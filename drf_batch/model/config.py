@@ -40,7 +40,7 @@ class DRFConfig:
     recovery_feature_gradient: bool = False
     """Let the sample-recovery loss L^s move the projected features as well as the converters.
     Off detaches f_v and f_t inside L^s, so that only the converters learn from it."""
-    # NOTE: the published method trains everything on L_dis + L_rec + L_cls and says nothing of
+    # NOTE: the published method trains everything on L_dis + L_rec + L_cls and does not mention
     # stopping gradients, so on is the literal reading. With frozen encoders the projections are
     # the only place features can move. L^s, a norm of 256-d differences, then pulls image and
     # text features together at the cost of class information: in the first epoch the auxiliary
