@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from drf_batch.scoring.core import ROW_NUMBER_COLUMN, ScoringContext, score_record_batch
-from drf_batch.scoring.results import REJECTS_SCHEMA, SCORES_SCHEMA
+from drf_batch.scoring.results import REJECTS_SCHEMA, SCORES_SCHEMA, to_json
 from scoring_fakes import FAIL_WORD, FakeBundle
 
 
@@ -220,6 +220,46 @@ def test_passthrough_columns_into_extra(image_root: Path) -> None:
     scores, _ = score_record_batch(batch, FakeBundle(), context=_context(image_root))
     extra = json.loads(scores.column("extra").to_pylist()[0])
     assert extra == {"author_id": "u1", "likes": 12, "seen": "2026-01-02T03:04:05", "blob": "AAE=", "tags": ["x", "y"]}
+
+
+def test_non_finite_extras_written_as_null(image_root: Path) -> None:
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "post_id": ["a", "b", "c"],
+            "text": ["hello there"] * 3,
+            "score": pa.array([float("nan"), float("inf"), 1.5], pa.float64()),
+            "weights": pa.array([[float("-inf"), 2.0], None, [0.5]], pa.list_(pa.float32())),
+        }
+    )
+    scores, rejects = score_record_batch(batch, FakeBundle(), context=_context(image_root))
+    assert rejects.num_rows == 0
+    assert scores.num_rows == 3
+    extras = [json.loads(text) for text in scores.column("extra").to_pylist()]
+    assert extras[0] == {"score": None, "weights": [None, 2.0]}
+    assert extras[1] == {"score": None, "weights": None}
+    assert extras[2] == {"score": 1.5, "weights": [0.5]}
+
+
+def test_unserialisable_extra_becomes_string() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    looped: list[object] = []
+    looped.append(looped)
+    text = to_json({"thing": {1.5: Opaque()}, "loop": looped, "n": 3})
+    assert text is not None
+    extra = json.loads(text)
+    assert extra["n"] == 3
+    assert extra["thing"] == {"1.5": "opaque"}
+    assert isinstance(extra["loop"], str)
+
+
+def test_created_at_out_of_range_is_null(image_root: Path) -> None:
+    batch = _batch(post_id=["a", "b"], text=["x y"] * 2, created_at=["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00"])
+    scores, rejects = score_record_batch(batch, FakeBundle(), context=_context(image_root))
+    assert rejects.num_rows == 0
+    assert scores.column("created_at").to_pylist() == [None, None]
 
 
 def test_created_at_timestamp_forms(image_root: Path) -> None:

@@ -212,10 +212,11 @@ def _parse_timestamp(value: str | None) -> datetime | None:
         return None
     try:
         stamp = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        # OverflowError: the UTC time falls outside datetime's range, e.g. 9999-12-31T23:00-05:00.
         return None
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None)
     return stamp
 
 

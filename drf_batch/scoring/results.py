@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -69,11 +70,44 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _finite_or_null(value: Any) -> Any:
+    """Replace NaN and infinities, also inside lists and dicts, with None so the JSON stays valid."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
+
+
 def to_json(values: dict[str, Any]) -> str | None:
-    """Serialise pass-through column values; binary values become base64, dates ISO 8601."""
+    """Serialise pass-through column values for the `extra` column.
+
+    Binary values become base64, dates ISO 8601, and NaN or infinite floats null. A value that
+    still cannot be serialised is written as its `str()` form, so no single row fails its batch.
+    """
     if not values:
         return None
-    return json.dumps(values, default=_json_default, ensure_ascii=False, allow_nan=False)
+    try:
+        return _dumps({name: _finite_or_null(value) for name, value in values.items()})
+    except (TypeError, ValueError, RecursionError):
+        pass
+    fallback: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            cleaned = _finite_or_null(value)
+            _dumps(cleaned)
+            fallback[str(name)] = cleaned
+        except (TypeError, ValueError, RecursionError):
+            fallback[str(name)] = str(value)
+    return _dumps(fallback)
 
 
 def nullable_float(values: np.ndarray) -> pa.Array:
