@@ -116,6 +116,32 @@ def test_cli_missing_bundle_error(tmp_path: Path) -> None:
     assert "could not load bundle" in result.output
 
 
+def test_cli_unusable_db_path_error(tmp_path: Path) -> None:
+    posts = _mixed_posts(tmp_path / "posts.parquet", 2)
+    folder = tmp_path / "dbdir"
+    folder.mkdir()
+    cases_by_path = {
+        "directory": (folder, "is a directory"),
+        "missing folder": (tmp_path / "nope" / "s.duckdb", "does not exist"),
+    }
+    for name, (db_path, expected) in cases_by_path.items():
+        result = CliRunner().invoke(app, ["score", str(posts), "--bundle", str(tmp_path / "no-bundle"), "--db", str(db_path)])
+        assert result.exit_code == 2, name
+        assert expected in result.output, name
+        assert str(db_path) in result.output, name
+        assert "could not load bundle" not in result.output, name
+        assert result.exception is None or isinstance(result.exception, SystemExit), name
+
+
+def test_cli_invalid_db_file_error(tmp_path: Path) -> None:
+    posts = _mixed_posts(tmp_path / "posts.parquet", 2)
+    db_path = tmp_path / "not-duckdb.duckdb"
+    db_path.write_bytes(b"this is not a DuckDB file" * 200)
+    result = CliRunner().invoke(app, ["score", str(posts), "--bundle", str(tmp_path / "no-bundle"), "--db", str(db_path)])
+    assert result.exit_code == 2, result.output
+    assert str(db_path) in result.output
+
+
 _MEMORY_RUN = textwrap.dedent(
     """
     import resource, sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ def score(
     pause_after_batch: float = typer.Option(0.0, "--pause-after-batch", hidden=True, help="Seconds to sleep after each committed batch (for tests)."),
 ) -> None:
     """Score a posts Parquet file into DuckDB, routing each post to the graph that fits its modalities."""
+    import duckdb
     from tqdm import tqdm
 
     from drf_batch.bundle import BundleError, SessionConfig, load_bundle
@@ -99,8 +101,17 @@ def score(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
+    db_problem = _check_db_path(db)
+    if db_problem is not None:
+        typer.echo(f"error: {db_problem}", err=True)
+        raise typer.Exit(2)
+
     store = ScoreStore(db, lock_policy=LockPolicy(timeout_s=lock_timeout))
     try:
+        if db.exists():
+            # Open an existing file now, so one that is not a DuckDB database fails before the bundle loads.
+            with store.connection():
+                pass
         loaded: Any = None
         if engine is not EngineChoice.ray:
             # A re-run of a finished file needs only the bundle's id, not its onnxruntime sessions.
@@ -119,6 +130,9 @@ def score(
         raise typer.Exit(2) from error
     except DatabaseBusyError as error:
         typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    except duckdb.Error as error:
+        typer.echo(f"error: could not open --db {db}: {error}. Pass a writable DuckDB file path.", err=True)
         raise typer.Exit(2) from error
 
     options = RunOptions(
@@ -173,6 +187,26 @@ def score(
         if bar is not None:
             bar.close()
     typer.echo(format_summary(summary))
+
+
+def _check_db_path(db: Path) -> str | None:
+    """Return why `db` cannot be opened for writing, or None when it looks usable.
+
+    Runs before the bundle loads, so a wrong --db fails in a second instead of after minutes.
+    NOTE: os.access ignores permissions for root, so a root run still finds out on open.
+    """
+    if db.is_dir():
+        return f"--db {db} is a directory; pass a DuckDB file path such as {db / 'scores.duckdb'}"
+    if db.exists():
+        if not os.access(db, os.R_OK | os.W_OK):
+            return f"--db {db} is not readable and writable by this user; fix its permissions or pass another path"
+        return None
+    folder = db.parent
+    if not folder.is_dir():
+        return f"--db {db}: folder {folder} does not exist; create it or pass a path in an existing folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--db {db} cannot be created: folder {folder} is not writable; pass a path in a writable folder"
+    return None
 
 
 def _check_ray_inputs(posts: Path, *, local: bool) -> None:
