@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -180,6 +182,7 @@ def fetch_image_url(url: str, *, limits: ImageLimits) -> bytes:
     ):
         opener.add_handler(handler)
     request = urllib.request.Request(url, headers={"User-Agent": "drf-batch"})
+    started = time.monotonic()
     try:
         with opener.open(request, timeout=limits.url_timeout_s) as response:
             declared = response.headers.get("Content-Length")
@@ -188,7 +191,7 @@ def fetch_image_url(url: str, *, limits: ImageLimits) -> bytes:
                     "too_large",
                     f"image URL {url!r} declares {declared} bytes, over the limit of {limits.max_bytes}",
                 )
-            raw = response.read(limits.max_bytes + 1)
+            raw = _read_before_deadline(response, limits, url, started)
     except TimeoutError:
         raise ImageLoadError(
             "url_timeout", f"image URL {url!r} timed out after {limits.url_timeout_s} s"
@@ -205,6 +208,27 @@ def fetch_image_url(url: str, *, limits: ImageLimits) -> bytes:
         raise ImageLoadError("url_fetch_failed", f"image URL {url!r} could not be fetched: {error}") from None
     _check_byte_count(raw, limits, url)
     return raw
+
+
+def _read_before_deadline(response: Any, limits: ImageLimits, url: str, started: float) -> bytes:
+    """Read at most `limits.max_bytes + 1` bytes of the body, raising url_timeout once
+    `limits.url_timeout_s` have passed since the request started.
+
+    The socket timeout alone bounds each read, so a server sending one byte a second would
+    never time out. NOTE: the deadline is checked between reads, so a run can overshoot it by
+    up to one socket timeout, and slow response headers are bounded only per read.
+    """
+    chunks: list[bytes] = []
+    remaining = limits.max_bytes + 1
+    while remaining > 0:
+        if time.monotonic() - started > limits.url_timeout_s:
+            raise ImageLoadError("url_timeout", f"image URL {url!r} timed out after {limits.url_timeout_s} s")
+        chunk = response.read1(min(remaining, 64 * 1024))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_image_bytes(reference: str, *, root: Path, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> bytes:

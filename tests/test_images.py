@@ -308,6 +308,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/slow.jpg":
             time.sleep(2.0)
             self._reply(200, self.image)
+        elif self.path == "/drip.jpg":
+            self._drip(self.image)
         elif self.path == "/to-file":
             self.send_response(302)
             self.send_header("Location", "file:///etc/hostname")
@@ -321,6 +323,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         try:
             self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _drip(self, body: bytes) -> None:
+        """Send one byte every 0.1 s, so each socket read succeeds but the whole body takes minutes."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for index in range(len(body)):
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+                time.sleep(0.1)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -374,6 +389,14 @@ def test_url_timeout(loopback_server):
         fetch_image_url(f"{loopback_server}/slow.jpg", limits=ImageLimits(allow_urls=True, url_timeout_s=0.3))
     assert caught.value.code == "url_timeout"
     assert time.perf_counter() - started < 1.5
+
+
+def test_url_total_timeout_on_drip(loopback_server):
+    started = time.perf_counter()
+    with pytest.raises(ImageLoadError) as caught:
+        fetch_image_url(f"{loopback_server}/drip.jpg", limits=ImageLimits(allow_urls=True, url_timeout_s=1.0))
+    assert caught.value.code == "url_timeout"
+    assert time.perf_counter() - started < 3.0
 
 
 def test_url_redirect_to_file_rejected(loopback_server):
