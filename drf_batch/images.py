@@ -269,8 +269,58 @@ def load_image(source: bytes | Path, *, limits: ImageLimits = DEFAULT_IMAGE_LIMI
     return to_rgb(image)
 
 
+_ICON_MAGICS = (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")  # ICO, CUR
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _icon_entry_sizes(raw: bytes) -> list[tuple[int, int]]:
+    """Return the (width, height) of every image in an ICO or CUR file, read from the headers only.
+
+    The 16-byte directory entries store sizes in one byte each, so the embedded PNG's IHDR or
+    the BMP info header gives the real size. Entries whose data lies outside `raw` are skipped,
+    and Pillow reports those files as corrupt.
+    """
+    count = int.from_bytes(raw[4:6], "little")
+    sizes: list[tuple[int, int]] = []
+    for index in range(count):
+        entry = raw[6 + 16 * index : 22 + 16 * index]
+        if len(entry) < 16:
+            break
+        sizes.append((entry[0] or 256, entry[1] or 256))
+        offset = int.from_bytes(entry[12:16], "little")
+        data = raw[offset : offset + 24]
+        if len(data) < 24:
+            continue
+        if data[:8] == _PNG_SIGNATURE:
+            sizes.append((int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")))
+        else:
+            # BITMAPINFOHEADER: the height covers the colour and the AND mask, so it is doubled.
+            width = abs(int.from_bytes(data[4:8], "little", signed=True))
+            height = abs(int.from_bytes(data[8:12], "little", signed=True)) // 2
+            sizes.append((width, height))
+    return sizes
+
+
+def _check_icon_pixels(raw: bytes, limits: ImageLimits, label: str) -> None:
+    """Reject an ICO or CUR file with an image over `limits.max_pixels` before Pillow opens it.
+
+    Pillow's ICO plugin decodes the largest embedded image inside `Image.open` (Pillow
+    13.0 does), so the declared-size check after opening comes too late for icons.
+    """
+    if raw[:4] not in _ICON_MAGICS:
+        return
+    for width, height in _icon_entry_sizes(raw):
+        if width * height > limits.max_pixels:
+            raise ImageLoadError(
+                "too_many_pixels",
+                f"icon image {label} contains a {width}x{height} = {width * height} pixel image, over "
+                f"the limit of {limits.max_pixels}; shrink the image or raise max_pixels",
+            )
+
+
 def _open_checked(raw: bytes, limits: ImageLimits, label: str) -> Image.Image:
     """Open (without decoding) and check the declared size against `limits.max_pixels`."""
+    _check_icon_pixels(raw, limits, label)
     try:
         with warnings.catch_warnings():
             # Our own limit below decides; PIL's warning between its limit and twice it is noise.

@@ -209,6 +209,36 @@ def test_load_pixel_limit_applies():
     assert "20x20" in str(caught.value)
 
 
+def _ico_with_png(width: int, height: int) -> bytes:
+    """A one-entry ICO file whose image is an embedded RGBA PNG of `width` x `height`."""
+    png = _encode(Image.new("RGBA", (width, height), (10, 20, 30, 255)), "PNG")
+    header = struct.pack("<HHH", 0, 1, 1)
+    # Directory entry: sizes of 256 and up are stored as 0, then colours, reserved, planes, bpp, size, offset.
+    entry = struct.pack("<BBBBHHII", width % 256, height % 256, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_load_ico_pixel_limit_before_open(monkeypatch):
+    icon = _ico_with_png(300, 300)
+
+    def fail_open(*args, **kwargs):
+        raise AssertionError("Image.open ran on an icon over the pixel limit")
+
+    monkeypatch.setattr(Image, "open", fail_open)
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(icon, limits=ImageLimits(max_pixels=200 * 200))
+    assert caught.value.code == "too_many_pixels"
+    assert "300x300" in str(caught.value)
+
+
+def test_load_ico_within_limit():
+    assert load_image(_ico_with_png(48, 40)).size == (48, 40)
+    saved = _encode(Image.new("RGB", (32, 32), RED), "ICO", sizes=[(32, 32)])
+    assert load_image(saved, limits=ImageLimits(max_pixels=32 * 32)).size == (32, 32)
+    bitmap = _encode(Image.new("RGB", (32, 32), RED), "ICO", sizes=[(32, 32)], bitmap_format="bmp")
+    assert load_image(bitmap, limits=ImageLimits(max_pixels=32 * 32)).size == (32, 32)
+
+
 def test_load_byte_limit_applies(tmp_path):
     path = tmp_path / "big.jpg"
     path.write_bytes(_jpeg())
