@@ -49,6 +49,19 @@ def test_summary_counts_match_database(tmp_path: Path) -> None:
     assert bundle == ("fakebundle000001", ["negative", "neutral", "positive"], -3.0)
 
 
+def test_non_finite_extras_file_finishes(tmp_path: Path) -> None:
+    posts = tmp_path / "posts.parquet"
+    values = [float("nan"), float("inf"), float("-inf"), 0.25]
+    pq.write_table(pa.table({"post_id": ["a", "b", "c", "d"], "text": ["some words"] * 4, "ratio": values}), posts)
+    store = ScoreStore(tmp_path / "scores.duckdb")
+    summary = score_file(posts, FakeBundle(), store, options=RunOptions(batch_size=2))
+    assert summary.status == "finished"
+    assert summary.rows_scored == 4
+    with open_reader(store.db_path) as connection:
+        extras = dict(connection.execute("SELECT post_id, extra FROM scores").fetchall())
+    assert extras == {"a": '{"ratio": null}', "b": '{"ratio": null}', "c": '{"ratio": null}', "d": '{"ratio": 0.25}'}
+
+
 def test_rerun_skips_without_scoring(tmp_path: Path) -> None:
     posts = _mixed_posts(tmp_path / "posts.parquet", 40)
     store = ScoreStore(tmp_path / "scores.duckdb")
