@@ -15,6 +15,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text, so that option help such as "pip install 'drf-batch[ray]'" keeps its brackets.
+    rich_markup_mode=None,
 )
 
 

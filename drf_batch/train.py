@@ -637,6 +637,7 @@ def train_model(
     image_encoder: str = DEFAULT_IMAGE_ENCODER,
     text_encoder: str = DEFAULT_TEXT_ENCODER,
     image_weights: Path | None = None,
+    image_root: Path | None = None,
     drf: dict[str, Any] | None = None,
     options: TrainingOptions = TrainingOptions(),
     finetune_encoders: bool = False,
@@ -651,14 +652,16 @@ def train_model(
     the head. With `finetune_encoders` the encoders train end to end with the head, starting from
     the same features for the input standardisation. Selects the epoch by val weighted F1,
     reports test metrics and stores them in the checkpoint's training record. `disruption`
-    corrupts or discards modalities of the encoded posts first (frozen mode only).
+    corrupts or discards modalities of the encoded posts first (frozen mode only). Relative image
+    paths resolve against `image_root`, by default the folder's `images/` or the Parquet file's folder.
     """
     if disruption is not None and finetune_encoders:
         raise ValueError("training under disruption needs frozen encoders; leave out --finetune-encoders")
     started = time.perf_counter()
     labels_order = LABELS
     posts = load_labelled_posts(Path(source), labels=labels_order)
-    image_root = default_image_root(Path(source))
+    if image_root is None:
+        image_root = default_image_root(Path(source))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     target = torch.device(device)

@@ -18,6 +18,12 @@ def train(
         "or a labelled .parquet (post_id, label, optional split, text, image_path or image_bytes).",
     ),
     out: Path = typer.Option(Path("checkpoints/drf"), "--out", help="Checkpoint folder to write."),
+    image_root: Optional[Path] = typer.Option(
+        None,
+        "--image-root",
+        help="Folder that relative image_path values resolve against. Default: images/ of a data "
+        "folder, or the folder of the Parquet file.",
+    ),
     image_encoder: str = typer.Option(
         "efficientnet-lite0", "--image-encoder", help="Image encoder: a registry name or timm:<model name>."
     ),
@@ -152,6 +158,7 @@ def train(
             image_encoder=image_encoder,
             text_encoder=text_encoder,
             image_weights=image_weights,
+            image_root=image_root,
             drf=drf,
             options=options,
             finetune_encoders=finetune_encoders,
@@ -160,7 +167,7 @@ def train(
             progress=progress,
             disruption=training_disruption,
         )
-    except (LabelledDataError, FileNotFoundError) as error:
+    except (LabelledDataError, FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
