@@ -169,7 +169,9 @@ def plot_accuracy_vs_rate(summary: pl.DataFrame, models: Sequence[str], path: Pa
                 xs.append(dr)
                 means.append(100 * float(row["accuracy_mean"]))  # type: ignore[arg-type]
                 stds.append(100 * float(row["accuracy_std"]))  # type: ignore[arg-type]
-            if xs:
+            # A model without modality-random runs (an ablation limited to other strategies)
+            # has only the clean point, which is no curve.
+            if len(xs) > 1:
                 axis.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=2, label=model_label(model))
         axis.set_title(f"modality-random, {kind}")
         axis.set_xlabel("disruption rate dr")
