@@ -35,9 +35,10 @@ PREDICT_BATCH = 1024
 class GridTraining:
     """Hyperparameters of every head the grid trains.
 
-    NOTE: these depart from the paper's batch 16 and 30 epochs so that a grid of hundreds of heads
-    fits a CPU budget. On clean MVSA-Single the best val epoch of DRF and concat was 3-4 of 10 at
-    batch 128, so 5 epochs lose little; a grid that must match `drf-batch train` can pass its values.
+    NOTE: these depart from the published batch 16 and 30 epochs so that a grid of hundreds of
+    heads fits a CPU budget. On clean MVSA-Single the best val epoch of DRF and concat was 3-4 of
+    10 at batch 128, so 5 epochs lose little. At batch 128 DRF rarely predicts the minority
+    neutral class, which the default model trained at batch 16 does (docs/robustness.md).
     """
 
     epochs: int = 5
@@ -148,8 +149,8 @@ def run_job(
     cpu_started = time.process_time()
     record = train_function(head, train_arrays, val_arrays, seed=seed, training=training)
     train_seconds = time.perf_counter() - started
-    # CPU time of the whole process; in a one-thread worker it is the job's own CPU time, which
-    # is what the job would take on an idle core.
+    # CPU time of the whole process. In a one-thread worker that is the job's own CPU time, so
+    # it approximates the job's time on an idle core.
     train_cpu_seconds = time.process_time() - cpu_started
 
     result = JobResult(rows=[], confusion=None, flags=[])
