@@ -335,7 +335,7 @@ def image_corruption_variant(
 
     Pass the image encoder's preprocessing, so the mask is drawn at the encoder's input
     resolution (see `corrupt_image`), or None to mask the decoded image as it is. The per-post seed is
-    the one the feature cache passes, derived from the variant key (which holds `seed`) and the
+    the one the feature cache passes, derived from the variant key (which contains `seed`) and the
     post id. Apply the variant only to the posts that a plan corrupts.
     """
     from drf_batch.features import ImageVariant

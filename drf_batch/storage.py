@@ -135,7 +135,7 @@ class DatabaseBusyError(RuntimeError):
 
 
 class LabelMismatchError(ValueError):
-    """The database already holds scores whose label set differs from the bundle's labels."""
+    """The database already contains scores whose label set differs from the bundle's labels."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ class ScoreStore:
             for other_id, other_labels in existing:
                 if list(other_labels) != list(labels):
                     raise LabelMismatchError(
-                        f"{self.db_path} already holds scores from bundle {other_id} with labels "
+                        f"{self.db_path} already contains scores from bundle {other_id} with labels "
                         f"{list(other_labels)}, but bundle {bundle_id} has labels {list(labels)}. "
                         "Score into another file with --db, or use a bundle with the same labels "
                         "in the same order."

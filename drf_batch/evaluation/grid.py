@@ -1,8 +1,8 @@
 """The robustness grid: which models are trained under which disruption setting.
 
 The protocol follows the paper that introduced DRF ("Distribution-based feature Recovery and
-Fusion" for robust multimodal sentiment analysis of image-text pairs). Three kinds of disruption: corrupt (C), discard (D)
-and half of each (C+D). Two strategies:
+Fusion" for robust multimodal sentiment analysis of image-text pairs). There are three kinds of
+disruption: corrupt (C), discard (D) and half of each (C+D). There are two strategies:
 
 - modality-fixed: train on undisrupted posts, then disrupt one named modality of every test post;
 - modality-random: disrupt a random modality of a fraction ``dr`` of the posts, both in training

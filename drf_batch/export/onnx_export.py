@@ -114,8 +114,8 @@ def _export_dynamo(
     )
     progress = io.StringIO()
     try:
-        # The exporter prints its progress and warns about the shared axis names, and its graph
-        # passes log one INFO line per folded constant; keep the CLI quiet.
+        # The exporter prints its progress and warns about shared axis names. Its graph passes also
+        # log one INFO line per folded constant, so both are captured to keep the CLI output short.
         with (
             contextlib.redirect_stdout(progress),
             warnings.catch_warnings(),
